@@ -1,0 +1,306 @@
+//! The admission decisions: pure functions from a decoded request, the gate
+//! state and the resolved owner to a [`Verdict`].
+//!
+//! Nothing in this module performs I/O, reads a clock or touches globals; the
+//! server and the offline `check` command both call [`decide`], so they cannot
+//! disagree.
+
+mod kinds;
+mod mutate;
+mod patch;
+pub mod review;
+mod validate;
+
+pub use kinds::{Kind, Layout};
+pub use review::{AdmissionRequest, DecodeError, Operation};
+
+use std::collections::HashSet;
+
+use serde_json::Value;
+
+/// The reserved annotation that carries `runStrategy: BootOnce` to a VMI.
+pub const BOOTONCE_ANNOTATION: &str = "runstrategy.kubevirt.io";
+/// The only value the reserved annotation may hold.
+pub const BOOTONCE: &str = "BootOnce";
+/// The VEP's name of the feature gate.
+pub const GATE: &str = "RecreateVMIOnReboot";
+/// Upstream KubeVirt's name of the same gate.
+pub const GATE_UPSTREAM: &str = "RebootPolicy";
+/// KubeVirt's own service accounts, trusted when they live in the KubeVirt namespace.
+pub const KUBEVIRT_SERVICE_ACCOUNTS: [&str; 4] = [
+    "kubevirt-controller",
+    "kubevirt-apiserver",
+    "kubevirt-handler",
+    "kubevirt-synchronization-controller",
+];
+
+/// Which of the two webhooks is being asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    Validate,
+    Mutate,
+}
+
+impl Endpoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Validate => "validate",
+            Endpoint::Mutate => "mutate",
+        }
+    }
+}
+
+/// `--mode`: enforce denials, or turn them into warnings.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Warn,
+}
+
+/// `--bootonce`: how BootOnce reaches KubeVirt.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum BootOnceMode {
+    /// KubeVirt knows `runStrategy: BootOnce` itself (VEP 0171 implemented).
+    #[default]
+    Native,
+    /// Stock KubeVirt: BootOnce VMs are stored as `Once` + `Terminate` + annotation.
+    Compat,
+}
+
+/// Who may set reserved fields: KubeVirt's service accounts and configured extras.
+#[derive(Clone, Debug, Default)]
+pub struct Trusted {
+    service_accounts: HashSet<String>,
+    users: HashSet<String>,
+    groups: HashSet<String>,
+}
+
+impl Trusted {
+    pub fn new(kubevirt_namespace: &str, users: &[String], groups: &[String]) -> Self {
+        Trusted {
+            service_accounts: KUBEVIRT_SERVICE_ACCOUNTS
+                .iter()
+                .map(|sa| format!("system:serviceaccount:{kubevirt_namespace}:{sa}"))
+                .collect(),
+            users: users.iter().cloned().collect(),
+            groups: groups.iter().cloned().collect(),
+        }
+    }
+
+    pub fn contains(&self, user: &review::UserInfo) -> bool {
+        let name = user.username.as_deref().unwrap_or_default();
+        self.service_accounts.contains(name)
+            || self.users.contains(name)
+            || user.groups.iter().any(|g| self.groups.contains(g))
+    }
+}
+
+/// Everything configured once at start-up that the decisions depend on.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    pub trusted: Trusted,
+    pub mode: Mode,
+    pub bootonce: BootOnceMode,
+}
+
+/// How a VM is known to the owner lookup: only what the decisions need.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmInfo {
+    /// `metadata.uid`; `None` for file-sourced VMs that carry none (then any
+    /// owner uid matches).
+    pub uid: Option<String>,
+    pub run_strategy: RunStrategy,
+    /// The VM's own `metadata.annotations` holds `runstrategy.kubevirt.io: BootOnce`.
+    pub annotated: bool,
+}
+
+impl VmInfo {
+    /// Builds the lean view from a VirtualMachine object.
+    pub fn from_object(vm: &Value) -> VmInfo {
+        let meta = vm.get("metadata");
+        VmInfo {
+            uid: meta
+                .and_then(|m| m.get("uid"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            run_strategy: RunStrategy::parse(
+                vm.pointer("/spec/runStrategy").and_then(Value::as_str),
+            ),
+            annotated: meta
+                .and_then(|m| m.get("annotations"))
+                .and_then(|a| a.get(BOOTONCE_ANNOTATION))
+                .and_then(Value::as_str)
+                == Some(BOOTONCE),
+        }
+    }
+
+    /// Whether VMIs of this VM must carry the BootOnce annotation.
+    pub fn is_bootonce(&self, mode: BootOnceMode) -> bool {
+        match self.run_strategy {
+            RunStrategy::BootOnce => true,
+            RunStrategy::Once => mode == BootOnceMode::Compat && self.annotated,
+            RunStrategy::Other => false,
+        }
+    }
+}
+
+/// The runStrategy classes the decisions tell apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunStrategy {
+    BootOnce,
+    Once,
+    Other,
+}
+
+impl RunStrategy {
+    pub fn parse(s: Option<&str>) -> RunStrategy {
+        match s {
+            Some(BOOTONCE) => RunStrategy::BootOnce,
+            Some("Once") => RunStrategy::Once,
+            _ => RunStrategy::Other,
+        }
+    }
+}
+
+/// A VMI's controller owner reference, as far as the decisions care.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnerRef {
+    pub namespace: String,
+    pub name: String,
+    pub uid: Option<String>,
+}
+
+/// The result of resolving a VMI's controller owner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// The request has no VM controller owner to resolve (or none was asked for).
+    None,
+    /// The owner VM exists and its uid matches.
+    Found(VmInfo),
+    /// The owner VM does not exist, or its uid differs (it was re-created).
+    Gone,
+    /// The owner could not be read; the string says why.
+    Unavailable(String),
+}
+
+/// The context of one decision.
+#[derive(Clone, Copy, Debug)]
+pub struct Context<'a> {
+    pub policy: &'a Policy,
+    /// Whether `RecreateVMIOnReboot` (alias `RebootPolicy`) is on.
+    pub gate: bool,
+}
+
+/// One reason for a denial, in Kubernetes' `StatusCause` terms.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cause {
+    pub reason: CauseReason,
+    pub field: String,
+    pub message: String,
+}
+
+/// The `StatusCause.reason` values this webhook uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CauseReason {
+    FieldValueInvalid,
+    FieldValueNotSupported,
+    FieldValueForbidden,
+    /// The decision could not be taken (owner unreadable): retry.
+    InternalError,
+}
+
+impl CauseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CauseReason::FieldValueInvalid => "FieldValueInvalid",
+            CauseReason::FieldValueNotSupported => "FieldValueNotSupported",
+            CauseReason::FieldValueForbidden => "FieldValueForbidden",
+            CauseReason::InternalError => "InternalError",
+        }
+    }
+}
+
+/// What the webhook answers, before it is put into an AdmissionResponse.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Verdict {
+    pub causes: Vec<Cause>,
+    pub warnings: Vec<String>,
+    pub patch: Vec<json_patch::PatchOperation>,
+}
+
+impl Verdict {
+    pub fn allowed(&self) -> bool {
+        self.causes.is_empty()
+    }
+
+    /// `status.message`: every cause as `field: message`, joined.
+    pub fn message(&self) -> String {
+        self.causes
+            .iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// Applies `--mode warn`: causes become warnings and the request passes.
+    fn apply_mode(mut self, mode: Mode) -> Verdict {
+        if mode == Mode::Warn && !self.causes.is_empty() {
+            for c in self.causes.drain(..) {
+                self.warnings
+                    .push(format!("would be denied (warn mode): {}: {}", c.field, c.message));
+            }
+            // A denied mutation has nothing trustworthy to patch with.
+            self.patch.clear();
+        }
+        self
+    }
+}
+
+/// The owner reference a request needs resolved before [`decide`], if any.
+///
+/// Mutation needs the owner of every VMI CREATE; validation needs it only to
+/// judge a reserved annotation set by an untrusted requester.
+pub fn owner_to_resolve(
+    endpoint: Endpoint,
+    req: &AdmissionRequest,
+    policy: &Policy,
+) -> Option<OwnerRef> {
+    if req.kind() != Some(Kind::Vmi) || req.operation != Operation::Create || req.is_subresource()
+    {
+        return None;
+    }
+    let obj = req.object.as_ref()?;
+    if endpoint == Endpoint::Validate
+        && (kinds::annotation(obj, &["metadata"]).is_none() || policy.trusted.contains(&req.user_info))
+    {
+        return None;
+    }
+    kinds::controller_vm_owner(obj, req.namespace.as_deref())
+}
+
+/// The decision: pure, total, and the same for the server and `check`.
+pub fn decide(endpoint: Endpoint, req: &AdmissionRequest, ctx: Context<'_>, owner: &Owner) -> Verdict {
+    let Some(kind) = req.kind() else {
+        return Verdict::default();
+    };
+    if req.is_subresource() || !matches!(req.operation, Operation::Create | Operation::Update) {
+        return Verdict::default();
+    }
+    let Some(obj) = req.object.as_ref() else {
+        return Verdict::default();
+    };
+    let verdict = match endpoint {
+        Endpoint::Validate => validate::validate(kind, req, obj, ctx, owner),
+        Endpoint::Mutate => mutate::mutate(kind, req, obj, ctx, owner),
+    };
+    verdict.apply_mode(ctx.policy.mode)
+}
+
+/// The gate's names as users read them in messages.
+pub(crate) fn gate_names() -> String {
+    format!("{GATE} (upstream KubeVirt: {GATE_UPSTREAM})")
+}
+
+#[cfg(test)]
+mod tests;

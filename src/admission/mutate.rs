@@ -1,0 +1,95 @@
+//! The mutating webhook: stamp VMIs of BootOnce VMs; in compat mode, rewrite
+//! BootOnce VMs into the `Once` + `Terminate` + annotation form stock KubeVirt
+//! accepts.
+
+use serde_json::Value;
+
+use super::kinds::{annotation, get, Kind};
+use super::patch::PatchBuilder;
+use super::{
+    AdmissionRequest, BootOnceMode, Cause, CauseReason, Context, Operation, Owner, Verdict,
+    BOOTONCE, BOOTONCE_ANNOTATION,
+};
+
+pub(super) fn mutate(
+    kind: Kind,
+    req: &AdmissionRequest,
+    obj: &Value,
+    ctx: Context<'_>,
+    owner: &Owner,
+) -> Verdict {
+    match kind {
+        Kind::Vmi if req.operation == Operation::Create => stamp_vmi(obj, ctx, owner),
+        Kind::Vm | Kind::Pool if ctx.policy.bootonce == BootOnceMode::Compat => {
+            compat_rewrite(kind, req, obj, ctx)
+        }
+        _ => Verdict::default(),
+    }
+}
+
+/// Mutation rules 1–5: the VMI follows its owner VM.
+fn stamp_vmi(vmi: &Value, ctx: Context<'_>, owner: &Owner) -> Verdict {
+    let mut p = PatchBuilder::default();
+    let mut verdict = Verdict::default();
+    match owner {
+        Owner::Found(vm) if vm.is_bootonce(ctx.policy.bootonce) => {
+            p.set(vmi, &["metadata", "annotations"], BOOTONCE_ANNOTATION, BOOTONCE.into());
+            p.set_default(vmi, &["spec", "domain"], "rebootPolicy", "Terminate".into());
+        }
+        Owner::Found(_) => p.remove(vmi, &["metadata", "annotations"], BOOTONCE_ANNOTATION),
+        Owner::None | Owner::Gone => {}
+        Owner::Unavailable(why) => verdict.causes.push(Cause {
+            reason: CauseReason::InternalError,
+            field: "metadata.ownerReferences".into(),
+            message: format!(
+                "the owner VirtualMachine could not be read ({why}), so it is unknown whether this VMI must carry {BOOTONCE_ANNOTATION}: BootOnce; retry the request"
+            ),
+        }),
+    }
+    verdict.patch = p.ops;
+    verdict
+}
+
+/// Compat mode (issue: BootOnce on stock KubeVirt): `runStrategy: BootOnce`
+/// becomes `Once` + reserved annotation (VM and VMI template) + template
+/// `rebootPolicy: Terminate`; leaving BootOnce drops the annotations.
+fn compat_rewrite(kind: Kind, req: &AdmissionRequest, obj: &Value, ctx: Context<'_>) -> Verdict {
+    let layout = kind.layout();
+    let (Some(vm_spec), Some(vm_meta), Some(tmpl_meta)) =
+        (layout.vm_spec, layout.vm_meta, layout.vmi_template_meta)
+    else {
+        return Verdict::default();
+    };
+    let rs = get(obj, vm_spec).and_then(|s| s.get("runStrategy")).and_then(Value::as_str);
+    let mut p = PatchBuilder::default();
+    match rs {
+        // Without the gate the rewrite would only move the denial to
+        // rebootPolicy; leave BootOnce for validation to explain.
+        Some(BOOTONCE) if ctx.gate => {
+            p.set(obj, vm_spec, "runStrategy", "Once".into());
+            let annotations = |m: &[&'static str]| [m, &["annotations"]].concat();
+            p.set(obj, &annotations(vm_meta), BOOTONCE_ANNOTATION, BOOTONCE.into());
+            p.set(obj, &annotations(tmpl_meta), BOOTONCE_ANNOTATION, BOOTONCE.into());
+            let domain: Vec<&str> = layout.vmi_spec.iter().copied().chain(["domain"]).collect();
+            p.set_default(obj, &domain, "rebootPolicy", "Terminate".into());
+        }
+        Some(BOOTONCE | "Once") => {}
+        _ if req.operation == Operation::Update => {
+            // Only undo what this webhook did: the old object was a compat BootOnce VM.
+            let was_bootonce = req.old_object.as_ref().is_some_and(|old| {
+                get(old, vm_spec).and_then(|s| s.get("runStrategy")).and_then(Value::as_str) == Some("Once")
+                    && annotation(old, vm_meta).and_then(Value::as_str) == Some(BOOTONCE)
+            });
+            if was_bootonce {
+                for meta in [vm_meta, tmpl_meta] {
+                    p.remove(obj, &[meta, &["annotations"]].concat(), BOOTONCE_ANNOTATION);
+                }
+            }
+        }
+        _ => {}
+    }
+    Verdict {
+        patch: p.ops,
+        ..Verdict::default()
+    }
+}

@@ -1,0 +1,147 @@
+//! Command-line interface. Every flag also reads `REBOOT_WEBHOOK_<FLAG>`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::admission::{BootOnceMode, Mode};
+
+#[derive(Parser, Debug)]
+#[command(name = "kubevirt-reboot-webhook", version, about = "Admission webhook for KubeVirt rebootPolicy and runStrategy BootOnce (VEP 0171)")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the HTTPS admission webhook.
+    Serve(Box<ServeArgs>),
+    /// Judge manifests offline with the same decisions as the server.
+    Check(CheckArgs),
+    /// Write a development CA and serving certificate.
+    Certs(CertsArgs),
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    crate::server::parse_go_duration(s).ok_or_else(|| format!("{s:?} is not a duration like 5s, 500ms or 1m"))
+}
+
+/// Settings shared by `serve` and `check`.
+#[derive(Args, Debug, Clone)]
+pub struct DecisionArgs {
+    /// Namespace where KubeVirt and its service accounts live.
+    #[arg(long, env = "REBOOT_WEBHOOK_KUBEVIRT_NAMESPACE", default_value = "kubevirt")]
+    pub kubevirt_namespace: String,
+    /// Extra trusted user (repeatable; comma separated in the environment).
+    #[arg(long = "trusted-user", env = "REBOOT_WEBHOOK_TRUSTED_USER", value_delimiter = ',')]
+    pub trusted_users: Vec<String>,
+    /// Extra trusted group (repeatable; comma separated in the environment).
+    #[arg(long = "trusted-group", env = "REBOOT_WEBHOOK_TRUSTED_GROUP", value_delimiter = ',')]
+    pub trusted_groups: Vec<String>,
+    /// `native`: KubeVirt implements runStrategy BootOnce. `compat`: stock
+    /// KubeVirt; BootOnce VMs are rewritten to Once + Terminate + annotation.
+    #[arg(long, env = "REBOOT_WEBHOOK_BOOTONCE", value_enum, default_value_t)]
+    pub bootonce: BootOnceMode,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// HTTPS address for POST /validate and /mutate.
+    #[arg(long, env = "REBOOT_WEBHOOK_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// Serving certificate chain (PEM); re-read when it changes.
+    #[arg(long, env = "REBOOT_WEBHOOK_TLS_CERT")]
+    pub tls_cert: PathBuf,
+    /// Serving private key (PEM); re-read when it changes.
+    #[arg(long, env = "REBOOT_WEBHOOK_TLS_KEY")]
+    pub tls_key: PathBuf,
+    /// Require client certificates signed by this CA bundle (PEM); re-read when it changes.
+    #[arg(long, env = "REBOOT_WEBHOOK_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+    /// With --client-ca: accept only clients whose CN or DNS SAN is one of these (repeatable).
+    #[arg(long = "client-name", env = "REBOOT_WEBHOOK_CLIENT_NAME", value_delimiter = ',', requires = "client_ca")]
+    pub client_names: Vec<String>,
+    /// Static feature gates, comma separated; replaces the KubeVirt resource. "" = all off.
+    #[arg(long, env = "REBOOT_WEBHOOK_FEATURE_GATES")]
+    pub feature_gates: Option<String>,
+    /// Read VirtualMachines from the YAML/JSON files in DIR instead of the API.
+    #[arg(long, env = "REBOOT_WEBHOOK_OBJECTS")]
+    pub objects: Option<PathBuf>,
+    /// Namespaces whose VirtualMachines are cached (repeatable); default all.
+    #[arg(long = "watch-namespace", env = "REBOOT_WEBHOOK_WATCH_NAMESPACE", value_delimiter = ',')]
+    pub watch_namespaces: Vec<String>,
+    #[command(flatten)]
+    pub decision: DecisionArgs,
+    /// `warn` turns every denial into an allowed response with warnings.
+    #[arg(long, env = "REBOOT_WEBHOOK_MODE", value_enum, default_value_t)]
+    pub mode: Mode,
+    /// Plain HTTP address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "REBOOT_WEBHOOK_METRICS_LISTEN", default_value = "0.0.0.0:8080")]
+    pub metrics_listen: SocketAddr,
+    /// After SIGTERM, keep serving this long before draining.
+    #[arg(long, env = "REBOOT_WEBHOOK_SHUTDOWN_DELAY", default_value = "5s", value_parser = duration)]
+    pub shutdown_delay: Duration,
+    /// Longest wait for in-flight requests after the delay.
+    #[arg(long, env = "REBOOT_WEBHOOK_DRAIN_TIMEOUT", default_value = "25s", value_parser = duration)]
+    pub drain_timeout: Duration,
+    /// Admission reviews processed at once; more wait for a slot.
+    #[arg(long, env = "REBOOT_WEBHOOK_MAX_CONCURRENT_REQUESTS", default_value_t = 256)]
+    pub max_concurrent_requests: usize,
+    /// How often the TLS files are checked for changes.
+    #[arg(long, env = "REBOOT_WEBHOOK_CERT_RELOAD_INTERVAL", default_value = "1s", value_parser = duration)]
+    pub cert_reload_interval: Duration,
+    /// Log format.
+    #[arg(long, env = "REBOOT_WEBHOOK_LOG_FORMAT", value_enum, default_value_t)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Feature gates, comma separated ("" = all off).
+    #[arg(long, env = "REBOOT_WEBHOOK_FEATURE_GATES", default_value = "RecreateVMIOnReboot")]
+    pub feature_gates: String,
+    /// Directory of VirtualMachine manifests that VMIs may be owned by.
+    #[arg(long, env = "REBOOT_WEBHOOK_OBJECTS")]
+    pub objects: Option<PathBuf>,
+    /// Judge the objects as created by this user.
+    #[arg(long = "as", default_value = "kubernetes-admin")]
+    pub user: String,
+    /// Groups of that user (repeatable).
+    #[arg(long = "as-group")]
+    pub groups: Vec<String>,
+    #[command(flatten)]
+    pub decision: DecisionArgs,
+    /// Output format: human text or the AdmissionResponses as JSON.
+    #[arg(long, short = 'o', value_enum, default_value_t)]
+    pub output: Output,
+    /// Manifest files (YAML or JSON, multi-document); `-` reads stdin.
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct CertsArgs {
+    /// Output directory for ca.crt, ca.key, tls.crt, tls.key.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// DNS name or IP for the serving certificate (repeatable).
+    #[arg(long = "host")]
+    pub hosts: Vec<String>,
+}

@@ -1,0 +1,95 @@
+//! The gate from the KubeVirt custom resource, watched so changes apply
+//! without a restart.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::Api;
+
+use crate::gates::{from_kubevirt, GateFlag};
+use crate::metrics::{CacheLabels, Metrics};
+
+/// `kubevirt.io/v1` `KubeVirt`.
+pub fn kubevirt_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("kubevirt.io", "v1", "KubeVirt"), "kubevirts")
+}
+
+/// Starts watching KubeVirt resources in `namespace`; the returned flag
+/// follows them. `ready` is set once the first list completed.
+pub fn spawn(client: kube::Client, namespace: &str, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Arc<GateFlag> {
+    let flag = Arc::new(GateFlag::new(false));
+    let api: Api<DynamicObject> = Api::namespaced_with(client, namespace, &kubevirt_resource());
+    let out = flag.clone();
+    let namespace = namespace.to_owned();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+        let mut current: HashMap<String, bool> = HashMap::new();
+        let mut relisting: Option<HashMap<String, bool>> = None;
+        let mut said_missing = false;
+        let synced = metrics.cache_synced.get_or_create(&CacheLabels { cache: "kubevirt" }).clone();
+        let mut last_error = String::new();
+        while let Some(event) = stream.next().await {
+            let event = match event {
+                Ok(e) => e,
+                Err(e) => {
+                    let msg = e.to_string();
+                    if msg != last_error {
+                        tracing::warn!(error = %msg, %namespace, "watching KubeVirt resources failed; retrying with backoff, keeping the last known gate state");
+                        last_error = msg;
+                    }
+                    continue;
+                }
+            };
+            last_error.clear();
+            let gate_of = |o: &DynamicObject| {
+                let name = o.metadata.name.clone().unwrap_or_default();
+                (name, serde_json::to_value(o).map(|v| from_kubevirt(&v)).unwrap_or(false))
+            };
+            match event {
+                Event::Init => relisting = Some(HashMap::new()),
+                Event::InitApply(o) => {
+                    let (n, on) = gate_of(&o);
+                    relisting.get_or_insert_with(HashMap::new).insert(n, on);
+                }
+                Event::InitDone => {
+                    current = relisting.take().unwrap_or_default();
+                    ready.store(true, Ordering::SeqCst);
+                    synced.set(1);
+                }
+                Event::Apply(o) => {
+                    let (n, on) = gate_of(&o);
+                    current.insert(n, on);
+                }
+                Event::Delete(o) => {
+                    current.remove(&o.metadata.name.clone().unwrap_or_default());
+                }
+            }
+            if relisting.is_some() {
+                continue;
+            }
+            if current.is_empty() {
+                if !said_missing {
+                    tracing::info!(%namespace, "no KubeVirt resource found; feature gate RecreateVMIOnReboot is off");
+                    said_missing = true;
+                }
+            } else {
+                said_missing = false;
+            }
+            let on = current.values().any(|v| *v);
+            metrics.gate_enabled.set(on as i64);
+            if out.set(on) != on {
+                tracing::info!(enabled = on, "feature gate RecreateVMIOnReboot changed (KubeVirt resource)");
+            }
+        }
+    });
+    flag
+}
+
+fn watcher(api: Api<DynamicObject>, config: watcher::Config) -> impl futures::Stream<Item = Result<Event<DynamicObject>, watcher::Error>> {
+    watcher::watcher(api, config)
+}

@@ -1,0 +1,92 @@
+//! Where the mutating webhook finds a VMI's owner VirtualMachine.
+//!
+//! The decisions only see [`Owner`]; sources return the lean [`VmInfo`] and
+//! [`resolve`] applies the uid check the same way for all of them.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use futures::future::BoxFuture;
+
+use crate::admission::{Owner, OwnerRef, VmInfo};
+use crate::manifests;
+
+/// Why a VM could not be read. The message reaches the user ("retry").
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LookupError(pub String);
+
+/// A source of VirtualMachines, looked up by namespace and name.
+pub trait VmSource: Send + Sync {
+    /// `Ok(None)`: no such VM. `Err`: unknown (API unreachable and not cached).
+    fn get<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<Option<VmInfo>, LookupError>>;
+}
+
+/// Resolves a VMI's owner reference through `source`, checking the uid.
+pub async fn resolve(source: &dyn VmSource, owner: &OwnerRef) -> Owner {
+    match source.get(&owner.namespace, &owner.name).await {
+        Ok(Some(vm)) => {
+            let uid_matches = match (&vm.uid, &owner.uid) {
+                (Some(have), Some(want)) => have == want,
+                // File-sourced VMs written by hand carry no uid; nothing to compare.
+                _ => true,
+            };
+            if uid_matches {
+                Owner::Found(vm)
+            } else {
+                Owner::Gone
+            }
+        }
+        Ok(None) => Owner::Gone,
+        Err(e) => Owner::Unavailable(e.0),
+    }
+}
+
+/// VirtualMachines read once from files (`--objects DIR`, `check`).
+#[derive(Debug, Default)]
+pub struct StaticVms {
+    vms: HashMap<(String, String), VmInfo>,
+}
+
+impl StaticVms {
+    /// Reads every `.yaml`, `.yml` and `.json` file in `dir` (not recursive)
+    /// and keeps the VirtualMachines.
+    pub fn from_dir(dir: &Path) -> Result<Self, manifests::Error> {
+        let mut vms = StaticVms::default();
+        for doc in manifests::read_dir(dir)? {
+            vms.insert(&doc.value);
+        }
+        Ok(vms)
+    }
+
+    /// Adds the object if it is a KubeVirt VirtualMachine.
+    pub fn insert(&mut self, obj: &serde_json::Value) {
+        let is_vm = obj.get("kind").and_then(|k| k.as_str()) == Some("VirtualMachine")
+            && obj
+                .get("apiVersion")
+                .and_then(|v| v.as_str())
+                .is_some_and(|v| v.starts_with("kubevirt.io/"));
+        let meta = obj.get("metadata");
+        let field = |k: &str| meta.and_then(|m| m.get(k)).and_then(|v| v.as_str());
+        if let (true, Some(name)) = (is_vm, field("name")) {
+            let ns = field("namespace").unwrap_or("default");
+            self.vms
+                .insert((ns.to_owned(), name.to_owned()), VmInfo::from_object(obj));
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.vms.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.vms.is_empty()
+    }
+}
+
+impl VmSource for StaticVms {
+    fn get<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<Option<VmInfo>, LookupError>> {
+        let found = self.vms.get(&(namespace.to_owned(), name.to_owned())).cloned();
+        Box::pin(std::future::ready(Ok(found)))
+    }
+}

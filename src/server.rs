@@ -1,0 +1,413 @@
+//! The HTTPS server: routes, request limits, TLS accept loop and graceful
+//! shutdown; plus the plain-HTTP health and metrics server.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::admission::review::{self, Review};
+use crate::admission::{Cause, CauseReason, Endpoint, Verdict};
+use crate::health::Readiness;
+use crate::metrics::{ErrorClass, Metrics};
+use crate::tls::TlsConfig;
+use crate::webhook::Webhook;
+
+/// The API server's own limit on an admission request body.
+pub const MAX_BODY: usize = 7 * 1024 * 1024;
+
+/// Bounds on what one client can make the server hold.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Admission reviews processed at once; more wait (back-pressure).
+    pub max_concurrent: usize,
+    /// Open client connections; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub handshake_timeout: Duration,
+    /// Used when the API server sends no `?timeout=`.
+    pub default_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_concurrent: 256,
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            default_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Shared by every request.
+pub struct AppState {
+    pub webhook: Arc<Webhook>,
+    pub readiness: Arc<Readiness>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    limiter: Semaphore,
+}
+
+impl AppState {
+    pub fn new(webhook: Arc<Webhook>, readiness: Arc<Readiness>, limits: Limits) -> Arc<Self> {
+        Arc::new(AppState {
+            metrics: webhook.metrics.clone(),
+            webhook,
+            readiness,
+            limiter: Semaphore::new(limits.max_concurrent.max(1)),
+            limits,
+        })
+    }
+}
+
+/// The admission routes, without TLS (tests call it in-process).
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/validate", post(validate))
+        .route("/mutate", post(mutate))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "NotFound", "the webhook serves POST /validate and POST /mutate".into()) })
+        .with_state(state)
+}
+
+/// `/healthz`, `/readyz`, `/metrics` on the metrics port.
+pub fn health_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(|State(s): State<Arc<AppState>>| async move {
+                match s.readiness.check() {
+                    Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
+                    Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|State(s): State<Arc<AppState>>| async move {
+                (
+                    [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                    s.metrics.render(),
+                )
+            }),
+        )
+        .with_state(state)
+}
+
+async fn validate(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery, headers: HeaderMap, body: Body) -> Response {
+    handle(&s, Endpoint::Validate, q.as_deref(), &headers, body).await
+}
+
+async fn mutate(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery, headers: HeaderMap, body: Body) -> Response {
+    handle(&s, Endpoint::Mutate, q.as_deref(), &headers, body).await
+}
+
+/// A JSON error body shaped like a Kubernetes `Status`.
+fn error(code: StatusCode, reason: &str, message: String) -> Response {
+    let body = serde_json::json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "reason": reason,
+        "code": code.as_u16(),
+        "message": message,
+    });
+    (code, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body.to_string()).into_response()
+}
+
+fn is_json(headers: &HeaderMap) -> Result<(), String> {
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return Err("Content-Type is missing; send application/json".into());
+    };
+    let ct = ct.to_str().unwrap_or("");
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(format!("Content-Type must be application/json, got {ct:?}"))
+    }
+}
+
+/// The API server's `?timeout=10s`: a Go duration.
+pub fn request_timeout(query: Option<&str>) -> Option<Duration> {
+    let value = query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("timeout="))?;
+    parse_go_duration(value)
+}
+
+/// `10s`, `1m30s`, `500ms`, `1.5s`.
+pub fn parse_go_duration(s: &str) -> Option<Duration> {
+    let mut rest = s.trim();
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let n: f64 = rest[..num_end].parse().ok()?;
+        rest = &rest[num_end..];
+        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let scale = match &rest[..unit_end] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        total += n * scale;
+        rest = &rest[unit_end..];
+    }
+    (total.is_finite() && total >= 0.0 && total < 1e9).then(|| Duration::from_secs_f64(total))
+}
+
+async fn handle(s: &AppState, endpoint: Endpoint, query: Option<&str>, headers: &HeaderMap, body: Body) -> Response {
+    if let Err(msg) = is_json(headers) {
+        s.metrics.error(ErrorClass::unsupported_media_type);
+        tracing::warn!(endpoint = endpoint.as_str(), "{msg}");
+        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType", msg);
+    }
+    let too_large = || {
+        s.metrics.error(ErrorClass::payload_too_large);
+        tracing::warn!(endpoint = endpoint.as_str(), "request body over {MAX_BODY} bytes");
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "RequestEntityTooLarge",
+            format!("request body is larger than {MAX_BODY} bytes (7 MiB), the API server's limit"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return too_large();
+    }
+    // Answer a little before the API server gives up, so it gets our verdict
+    // rather than applying failurePolicy.
+    let timeout = request_timeout(query).unwrap_or(s.limits.default_timeout);
+    let budget = timeout.mul_f64(0.9).saturating_sub(Duration::from_millis(50));
+    let deadline = Instant::now() + budget;
+
+    let Ok(Ok(_permit)) = tokio::time::timeout_at(deadline, s.limiter.acquire()).await else {
+        s.metrics.error(ErrorClass::overloaded);
+        tracing::warn!(endpoint = endpoint.as_str(), "too many concurrent reviews; request waited until its deadline");
+        return error(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "the webhook is at its concurrency limit; retry".into());
+    };
+    s.metrics.in_flight.inc();
+    let _in_flight = scopeguard(&s.metrics);
+
+    let bytes = match tokio::time::timeout_at(deadline, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(e)) => {
+            let limit = std::error::Error::source(&e)
+                .is_some_and(|src| src.is::<http_body_util::LengthLimitError>());
+            if limit {
+                return too_large();
+            }
+            s.metrics.error(ErrorClass::bad_request);
+            return error(StatusCode::BAD_REQUEST, "BadRequest", format!("could not read the request body: {e}"));
+        }
+        Err(_) => {
+            s.metrics.error(ErrorClass::deadline_exceeded);
+            return error(StatusCode::REQUEST_TIMEOUT, "Timeout", "the request body did not arrive before the deadline".into());
+        }
+    };
+    let review: Review = match review::decode(&bytes) {
+        Ok(r) => r,
+        Err(e) => {
+            s.metrics.error(ErrorClass::bad_request);
+            tracing::warn!(endpoint = endpoint.as_str(), error = %e, "bad admission request");
+            return error(StatusCode::BAD_REQUEST, "BadRequest", e.to_string());
+        }
+    };
+    let response = match tokio::time::timeout_at(deadline, s.webhook.review(endpoint, &review)).await {
+        Ok(r) => r,
+        Err(_) => {
+            s.metrics.error(ErrorClass::deadline_exceeded);
+            tracing::warn!(uid = %review.request.uid, endpoint = endpoint.as_str(), "no decision before the deadline");
+            let verdict = Verdict {
+                causes: vec![Cause {
+                    reason: CauseReason::InternalError,
+                    field: String::new(),
+                    message: format!(
+                        "the reboot webhook could not decide within the API server's timeout ({}s), usually because the owner VirtualMachine could not be read; retry the request",
+                        timeout.as_secs_f64()
+                    ),
+                }],
+                ..Verdict::default()
+            };
+            review::response(&review.request.uid, &verdict)
+        }
+    };
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        review::encode(&review.api_version, &response),
+    )
+        .into_response()
+}
+
+/// Decrements the in-flight gauge when dropped (also on cancellation).
+fn scopeguard(m: &Metrics) -> impl Drop + '_ {
+    struct Guard<'a>(&'a Metrics);
+    impl Drop for Guard<'_> {
+        fn drop(&mut self) {
+            self.0.in_flight.dec();
+        }
+    }
+    Guard(m)
+}
+
+/// When to stop, and how long to keep going.
+#[derive(Clone, Debug)]
+pub struct Shutdown {
+    /// Keep serving this long after the signal, so endpoints drop the pod first.
+    pub delay: Duration,
+    /// Then wait at most this long for in-flight requests.
+    pub drain: Duration,
+}
+
+/// Serves admission over TLS on `listener` and health on `health_listener`
+/// until `signal` resolves, then shuts down gracefully.
+pub async fn run(
+    listener: TcpListener,
+    health_listener: TcpListener,
+    state: Arc<AppState>,
+    tls: Arc<TlsConfig>,
+    shutdown: Shutdown,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let stop_accepting = CancellationToken::new();
+    let stop_health = CancellationToken::new();
+
+    let health = axum::serve(health_listener, health_router(state.clone()))
+        .with_graceful_shutdown(stop_health.clone().cancelled_owned());
+    let health_task = tokio::spawn(async move { health.await });
+
+    let readiness = state.readiness.clone();
+    let stopper = stop_accepting.clone();
+    tokio::spawn(async move {
+        signal.await;
+        readiness.shutting_down();
+        tracing::info!(delay = ?shutdown.delay, "shutdown requested: readiness now fails; still serving until endpoints update");
+        tokio::time::sleep(shutdown.delay).await;
+        stopper.cancel();
+    });
+
+    serve_tls(listener, tls, router(state.clone()), state.clone(), stop_accepting, shutdown.drain).await;
+    stop_health.cancel();
+    let _ = health_task.await;
+    Ok(())
+}
+
+/// The accept loop: TLS handshake with a deadline, then HTTP/1.1 or HTTP/2 by ALPN.
+async fn serve_tls(
+    listener: TcpListener,
+    tls: Arc<TlsConfig>,
+    app: Router,
+    state: Arc<AppState>,
+    stop: CancellationToken,
+    drain: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(state.limits.max_connections.max(1)));
+    loop {
+        let permit = tokio::select! {
+            _ = stop.cancelled() => break,
+            p = connections.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let (tcp, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = TlsAcceptor::from(tls.current());
+        let service = TowerToHyperService::new(app.clone());
+        let watcher = graceful.watcher();
+        let state = state.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let stream = match tokio::time::timeout(state.limits.handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    state.metrics.error(ErrorClass::tls_handshake);
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    state.metrics.error(ErrorClass::tls_handshake);
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(state.limits.header_read_timeout);
+            builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
+            let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+            if let Err(e) = watcher.watch(conn).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("stopped accepting; draining in-flight requests");
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all connections drained"),
+        _ = tokio::time::sleep(drain) => tracing::warn!(?drain, "drain timeout reached; closing remaining connections"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        for (s, want) in [
+            ("10s", Some(10_000)),
+            ("1m30s", Some(90_000)),
+            ("500ms", Some(500)),
+            ("1.5s", Some(1500)),
+            ("", None),
+            ("10", None),
+            ("s", None),
+            ("10x", None),
+        ] {
+            assert_eq!(parse_go_duration(s).map(|d| d.as_millis() as u64), want, "{s:?}");
+        }
+        assert_eq!(request_timeout(Some("timeout=3s")), Some(Duration::from_secs(3)));
+        assert_eq!(request_timeout(Some("a=b&timeout=2s")), Some(Duration::from_secs(2)));
+        assert_eq!(request_timeout(None), None);
+    }
+}
