@@ -13,7 +13,9 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::admission::review::{self, AdmissionRequest, AdmissionResponse, Gvk, Operation, Review, UserInfo};
+use crate::admission::review::{
+    self, AdmissionRequest, AdmissionResponse, Gvk, Operation, Review, UserInfo,
+};
 use crate::admission::{Endpoint, Kind, Mode};
 use crate::cli::{CheckArgs, Output};
 use crate::gates::{self, GateFlag};
@@ -156,11 +158,24 @@ fn run_inner(args: CheckArgs) -> anyhow::Result<ExitCode> {
                 write_text(&mut out, j)?;
             }
             for d in &skipped {
-                let kind = d.value.get("kind").and_then(Value::as_str).unwrap_or("(no kind)");
-                writeln!(out, "{}: {kind}: not judged (not a KubeVirt object this webhook handles)", d.source)?;
+                let kind = d
+                    .value
+                    .get("kind")
+                    .and_then(Value::as_str)
+                    .unwrap_or("(no kind)");
+                writeln!(
+                    out,
+                    "{}: {kind}: not judged (not a KubeVirt object this webhook handles)",
+                    d.source
+                )?;
             }
             let denied = judged.iter().filter(|j| !j.allowed()).count();
-            writeln!(out, "{} objects judged: {} allowed, {denied} denied", judged.len(), judged.len() - denied)?;
+            writeln!(
+                out,
+                "{} objects judged: {} allowed, {denied} denied",
+                judged.len(),
+                judged.len() - denied
+            )?;
         }
     }
     Ok(if judged.iter().all(Judged::allowed) {
@@ -171,11 +186,20 @@ fn run_inner(args: CheckArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn write_text(out: &mut impl Write, j: &Judged) -> std::io::Result<()> {
-    let target = if j.namespace.is_empty() { j.name.clone() } else { format!("{}/{}", j.namespace, j.name) };
+    let target = if j.namespace.is_empty() {
+        j.name.clone()
+    } else {
+        format!("{}/{}", j.namespace, j.name)
+    };
     let verdict = if j.allowed() { "allowed" } else { "DENIED" };
     writeln!(out, "{}: {} {target}: {verdict}", j.source, j.kind)?;
     for r in [&j.mutation, &j.validation] {
-        if let Some(causes) = r.status.as_ref().and_then(|s| s.details.as_ref()).map(|d| &d.causes) {
+        if let Some(causes) = r
+            .status
+            .as_ref()
+            .and_then(|s| s.details.as_ref())
+            .map(|d| &d.causes)
+        {
             for c in causes {
                 writeln!(out, "  denied: {}: {}", c.field, c.message)?;
             }

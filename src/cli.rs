@@ -9,7 +9,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::admission::{BootOnceMode, Mode};
 
 #[derive(Parser, Debug)]
-#[command(name = "kubevirt-reboot-webhook", version, about = "Admission webhook for KubeVirt rebootPolicy and runStrategy BootOnce (VEP 0171)")]
+#[command(
+    name = "kubevirt-reboot-webhook",
+    version,
+    about = "Admission webhook for KubeVirt rebootPolicy and runStrategy BootOnce (VEP 0171)"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -33,20 +37,33 @@ pub enum LogFormat {
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
-    crate::server::parse_go_duration(s).ok_or_else(|| format!("{s:?} is not a duration like 5s, 500ms or 1m"))
+    crate::server::parse_go_duration(s)
+        .ok_or_else(|| format!("{s:?} is not a duration like 5s, 500ms or 1m"))
 }
 
 /// Settings shared by `serve` and `check`.
 #[derive(Args, Debug, Clone)]
 pub struct DecisionArgs {
     /// Namespace where KubeVirt and its service accounts live.
-    #[arg(long, env = "REBOOT_WEBHOOK_KUBEVIRT_NAMESPACE", default_value = "kubevirt")]
+    #[arg(
+        long,
+        env = "REBOOT_WEBHOOK_KUBEVIRT_NAMESPACE",
+        default_value = "kubevirt"
+    )]
     pub kubevirt_namespace: String,
     /// Extra trusted user (repeatable; comma separated in the environment).
-    #[arg(long = "trusted-user", env = "REBOOT_WEBHOOK_TRUSTED_USER", value_delimiter = ',')]
+    #[arg(
+        long = "trusted-user",
+        env = "REBOOT_WEBHOOK_TRUSTED_USER",
+        value_delimiter = ','
+    )]
     pub trusted_users: Vec<String>,
     /// Extra trusted group (repeatable; comma separated in the environment).
-    #[arg(long = "trusted-group", env = "REBOOT_WEBHOOK_TRUSTED_GROUP", value_delimiter = ',')]
+    #[arg(
+        long = "trusted-group",
+        env = "REBOOT_WEBHOOK_TRUSTED_GROUP",
+        value_delimiter = ','
+    )]
     pub trusted_groups: Vec<String>,
     /// `native`: KubeVirt implements runStrategy BootOnce. `compat`: stock
     /// KubeVirt; BootOnce VMs are rewritten to Once + Terminate + annotation.
@@ -69,7 +86,12 @@ pub struct ServeArgs {
     #[arg(long, env = "REBOOT_WEBHOOK_CLIENT_CA")]
     pub client_ca: Option<PathBuf>,
     /// With --client-ca: accept only clients whose CN or DNS SAN is one of these (repeatable).
-    #[arg(long = "client-name", env = "REBOOT_WEBHOOK_CLIENT_NAME", value_delimiter = ',', requires = "client_ca")]
+    #[arg(
+        long = "client-name",
+        env = "REBOOT_WEBHOOK_CLIENT_NAME",
+        value_delimiter = ',',
+        requires = "client_ca"
+    )]
     pub client_names: Vec<String>,
     /// Static feature gates, comma separated; replaces the KubeVirt resource. "" = all off.
     #[arg(long, env = "REBOOT_WEBHOOK_FEATURE_GATES")]
@@ -78,7 +100,11 @@ pub struct ServeArgs {
     #[arg(long, env = "REBOOT_WEBHOOK_OBJECTS")]
     pub objects: Option<PathBuf>,
     /// Namespaces whose VirtualMachines are cached (repeatable); default all.
-    #[arg(long = "watch-namespace", env = "REBOOT_WEBHOOK_WATCH_NAMESPACE", value_delimiter = ',')]
+    #[arg(
+        long = "watch-namespace",
+        env = "REBOOT_WEBHOOK_WATCH_NAMESPACE",
+        value_delimiter = ','
+    )]
     pub watch_namespaces: Vec<String>,
     #[command(flatten)]
     pub decision: DecisionArgs,
@@ -86,7 +112,11 @@ pub struct ServeArgs {
     #[arg(long, env = "REBOOT_WEBHOOK_MODE", value_enum, default_value_t)]
     pub mode: Mode,
     /// Plain HTTP address for /metrics, /healthz and /readyz.
-    #[arg(long, env = "REBOOT_WEBHOOK_METRICS_LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(
+        long,
+        env = "REBOOT_WEBHOOK_METRICS_LISTEN",
+        default_value = "0.0.0.0:8080"
+    )]
     pub metrics_listen: SocketAddr,
     /// After SIGTERM, keep serving this long before draining.
     #[arg(long, env = "REBOOT_WEBHOOK_SHUTDOWN_DELAY", default_value = "5s", value_parser = duration)]
@@ -95,7 +125,11 @@ pub struct ServeArgs {
     #[arg(long, env = "REBOOT_WEBHOOK_DRAIN_TIMEOUT", default_value = "25s", value_parser = duration)]
     pub drain_timeout: Duration,
     /// Admission reviews processed at once; more wait for a slot.
-    #[arg(long, env = "REBOOT_WEBHOOK_MAX_CONCURRENT_REQUESTS", default_value_t = 256)]
+    #[arg(
+        long,
+        env = "REBOOT_WEBHOOK_MAX_CONCURRENT_REQUESTS",
+        default_value_t = 256
+    )]
     pub max_concurrent_requests: usize,
     /// How often the TLS files are checked for changes.
     #[arg(long, env = "REBOOT_WEBHOOK_CERT_RELOAD_INTERVAL", default_value = "1s", value_parser = duration)]
@@ -115,7 +149,11 @@ pub enum Output {
 #[derive(Args, Debug)]
 pub struct CheckArgs {
     /// Feature gates, comma separated ("" = all off).
-    #[arg(long, env = "REBOOT_WEBHOOK_FEATURE_GATES", default_value = "RecreateVMIOnReboot")]
+    #[arg(
+        long,
+        env = "REBOOT_WEBHOOK_FEATURE_GATES",
+        default_value = "RecreateVMIOnReboot"
+    )]
     pub feature_gates: String,
     /// Directory of VirtualMachine manifests that VMIs may be owned by.
     #[arg(long, env = "REBOOT_WEBHOOK_OBJECTS")]

@@ -114,14 +114,38 @@ mod tests {
             })
         };
         let cases = [
-            (kv(&["RecreateVMIOnReboot"], &[], None), true, "VEP name enabled"),
-            (kv(&["RebootPolicy"], &[], Some("v1.8.0")), true, "upstream name enabled"),
-            (kv(&["RebootPolicy"], &["RebootPolicy"], Some("v1.9.0")), true, "enable wins over disable"),
-            (kv(&[], &["RecreateVMIOnReboot"], Some("v1.9.0")), false, "disabled beats Beta default"),
+            (
+                kv(&["RecreateVMIOnReboot"], &[], None),
+                true,
+                "VEP name enabled",
+            ),
+            (
+                kv(&["RebootPolicy"], &[], Some("v1.8.0")),
+                true,
+                "upstream name enabled",
+            ),
+            (
+                kv(&["RebootPolicy"], &["RebootPolicy"], Some("v1.9.0")),
+                true,
+                "enable wins over disable",
+            ),
+            (
+                kv(&[], &["RecreateVMIOnReboot"], Some("v1.9.0")),
+                false,
+                "disabled beats Beta default",
+            ),
             (kv(&[], &[], Some("v1.9.0")), true, "Beta default at 1.9.0"),
-            (kv(&[], &[], Some("v1.10.3")), true, "Beta default after 1.9"),
+            (
+                kv(&[], &[], Some("v1.10.3")),
+                true,
+                "Beta default after 1.9",
+            ),
             (kv(&[], &[], Some("v2.0.0")), true, "major bump"),
-            (kv(&[], &[], Some("v1.9.0-rc.1")), true, "release candidate of 1.9"),
+            (
+                kv(&[], &[], Some("v1.9.0-rc.1")),
+                true,
+                "release candidate of 1.9",
+            ),
             (kv(&[], &[], Some("v1.8.4")), false, "before Beta"),
             (kv(&[], &[], Some("garbage")), false, "unparsable version"),
             (kv(&[], &[], None), false, "no observed version"),

@@ -16,10 +16,18 @@ fn main() -> ExitCode {
         },
         Command::Check(args) => check::run(args),
         Command::Certs(args) => {
-            let hosts = if args.hosts.is_empty() { certs::default_hosts() } else { args.hosts };
+            let hosts = if args.hosts.is_empty() {
+                certs::default_hosts()
+            } else {
+                args.hosts
+            };
             match certs::write(&args.out, &hosts) {
                 Ok(()) => {
-                    println!("wrote ca.crt, ca.key, tls.crt, tls.key to {} for {}", args.out.display(), hosts.join(", "));
+                    println!(
+                        "wrote ca.crt, ca.key, tls.crt, tls.key to {} for {}",
+                        args.out.display(),
+                        hosts.join(", ")
+                    );
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -119,7 +119,9 @@ fn flatten(v: Value, out: &mut Vec<Value>) {
     match v {
         Value::Array(items) => items.into_iter().for_each(|i| flatten(i, out)),
         Value::Object(mut m)
-            if m.get("kind").and_then(Value::as_str).is_some_and(|k| k.ends_with("List"))
+            if m.get("kind")
+                .and_then(Value::as_str)
+                .is_some_and(|k| k.ends_with("List"))
                 && m.get("items").is_some_and(Value::is_array) =>
         {
             if let Some(Value::Array(items)) = m.remove("items") {

@@ -81,7 +81,8 @@ impl Metrics {
         registry.register("requests", "Admission reviews answered", requests.clone());
         let latency = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([
-                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0,
             ])
         });
         registry.register(
@@ -90,7 +91,11 @@ impl Metrics {
             latency.clone(),
         );
         let errors = Family::<ErrorLabels, Counter>::default();
-        registry.register("errors", "Requests or connections that failed, by class", errors.clone());
+        registry.register(
+            "errors",
+            "Requests or connections that failed, by class",
+            errors.clone(),
+        );
         let owner_lookups = Family::<LookupLabels, Counter>::default();
         registry.register(
             "owner_lookups",
@@ -104,9 +109,17 @@ impl Metrics {
             gate_enabled.clone(),
         );
         let cache_synced = Family::<CacheLabels, Gauge>::default();
-        registry.register("cache_synced", "1 when the named cache has completed its initial list", cache_synced.clone());
+        registry.register(
+            "cache_synced",
+            "1 when the named cache has completed its initial list",
+            cache_synced.clone(),
+        );
         let vm_cache_objects = Gauge::default();
-        registry.register("vm_cache_objects", "VirtualMachines held in the owner cache", vm_cache_objects.clone());
+        registry.register(
+            "vm_cache_objects",
+            "VirtualMachines held in the owner cache",
+            vm_cache_objects.clone(),
+        );
         let cert_expiry = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "certificate_expiry_timestamp_seconds",
@@ -114,7 +127,11 @@ impl Metrics {
             cert_expiry.clone(),
         );
         let in_flight = Gauge::default();
-        registry.register("requests_in_flight", "Admission reviews being processed", in_flight.clone());
+        registry.register(
+            "requests_in_flight",
+            "Admission reviews being processed",
+            in_flight.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -134,7 +151,9 @@ impl Metrics {
     }
 
     pub fn lookup(&self, result: &'static str) {
-        self.owner_lookups.get_or_create(&LookupLabels { result }).inc();
+        self.owner_lookups
+            .get_or_create(&LookupLabels { result })
+            .inc();
     }
 
     /// The Prometheus text exposition.

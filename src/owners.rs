@@ -19,7 +19,11 @@ pub struct LookupError(pub String);
 /// A source of VirtualMachines, looked up by namespace and name.
 pub trait VmSource: Send + Sync {
     /// `Ok(None)`: no such VM. `Err`: unknown (API unreachable and not cached).
-    fn get<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<Option<VmInfo>, LookupError>>;
+    fn get<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<VmInfo>, LookupError>>;
 }
 
 /// Resolves a VMI's owner reference through `source`, checking the uid.
@@ -85,8 +89,15 @@ impl StaticVms {
 }
 
 impl VmSource for StaticVms {
-    fn get<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<Option<VmInfo>, LookupError>> {
-        let found = self.vms.get(&(namespace.to_owned(), name.to_owned())).cloned();
+    fn get<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<VmInfo>, LookupError>> {
+        let found = self
+            .vms
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .cloned();
         Box::pin(std::future::ready(Ok(found)))
     }
 }

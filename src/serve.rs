@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 
 use crate::admission::{Policy, Trusted};
 use crate::cli::{DecisionArgs, LogFormat, ServeArgs};
+use crate::cluster;
 use crate::gates::{self, GateFlag, GateSource};
 use crate::health::Readiness;
 use crate::metrics::Metrics;
@@ -17,7 +18,6 @@ use crate::owners::{StaticVms, VmSource};
 use crate::server::{self, AppState, Limits, Shutdown};
 use crate::tls::{TlsConfig, TlsFiles};
 use crate::webhook::Webhook;
-use crate::cluster;
 
 /// Sets up logging and a runtime, then serves until SIGTERM/SIGINT.
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
@@ -35,7 +35,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -54,7 +56,10 @@ pub async fn shutdown_signal() {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {
                 _ = term.recv() => {},
@@ -70,7 +75,11 @@ async fn wait_for_signal() {
 impl DecisionArgs {
     pub fn policy(&self, mode: crate::admission::Mode) -> Policy {
         Policy {
-            trusted: Trusted::new(&self.kubevirt_namespace, &self.trusted_users, &self.trusted_groups),
+            trusted: Trusted::new(
+                &self.kubevirt_namespace,
+                &self.trusted_users,
+                &self.trusted_groups,
+            ),
             mode,
             bootonce: self.bootonce,
         }
@@ -87,7 +96,10 @@ pub struct Started {
 
 /// Loads certificates, starts the sources, binds both ports and spawns the
 /// server; returns once it accepts connections.
-pub async fn start(args: ServeArgs, signal: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<Started> {
+pub async fn start(
+    args: ServeArgs,
+    signal: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Started> {
     let metrics = Arc::new(Metrics::new());
     let readiness = Arc::new(Readiness::default());
     let cert_ready = readiness.part("certificate");
@@ -133,7 +145,8 @@ pub async fn start(args: ServeArgs, signal: impl Future<Output = ()> + Send + 's
     };
     let vms: Arc<dyn VmSource> = match (&args.objects, &client) {
         (Some(dir), _) => {
-            let vms = StaticVms::from_dir(dir).with_context(|| format!("reading --objects {}", dir.display()))?;
+            let vms = StaticVms::from_dir(dir)
+                .with_context(|| format!("reading --objects {}", dir.display()))?;
             tracing::info!(count = vms.len(), dir = %dir.display(), "VirtualMachines from files");
             Arc::new(vms)
         }
@@ -172,7 +185,14 @@ pub async fn start(args: ServeArgs, signal: impl Future<Output = ()> + Send + 's
         delay: args.shutdown_delay,
         drain: args.drain_timeout,
     };
-    let task = tokio::spawn(server::run(listener, health_listener, state, tls, shutdown, signal));
+    let task = tokio::spawn(server::run(
+        listener,
+        health_listener,
+        state,
+        tls,
+        shutdown,
+        signal,
+    ));
     Ok(Started {
         addr,
         metrics_addr,

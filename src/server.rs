@@ -83,7 +83,13 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/validate", post(validate))
         .route("/mutate", post(mutate))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "NotFound", "the webhook serves POST /validate and POST /mutate".into()) })
+        .fallback(|| async {
+            error(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "the webhook serves POST /validate and POST /mutate".into(),
+            )
+        })
         .with_state(state)
 }
 
@@ -96,7 +102,10 @@ pub fn health_router(state: Arc<AppState>) -> Router {
             get(|State(s): State<Arc<AppState>>| async move {
                 match s.readiness.check() {
                     Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
-                    Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+                    Err(why) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("not ready: {why}\n"),
+                    ),
                 }
             }),
         )
@@ -104,7 +113,10 @@ pub fn health_router(state: Arc<AppState>) -> Router {
             "/metrics",
             get(|State(s): State<Arc<AppState>>| async move {
                 (
-                    [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
                     s.metrics.render(),
                 )
             }),
@@ -112,11 +124,21 @@ pub fn health_router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-async fn validate(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery, headers: HeaderMap, body: Body) -> Response {
+async fn validate(
+    State(s): State<Arc<AppState>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     handle(&s, Endpoint::Validate, q.as_deref(), &headers, body).await
 }
 
-async fn mutate(State(s): State<Arc<AppState>>, RawQuery(q): RawQuery, headers: HeaderMap, body: Body) -> Response {
+async fn mutate(
+    State(s): State<Arc<AppState>>,
+    RawQuery(q): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     handle(&s, Endpoint::Mutate, q.as_deref(), &headers, body).await
 }
 
@@ -130,7 +152,15 @@ fn error(code: StatusCode, reason: &str, message: String) -> Response {
         "code": code.as_u16(),
         "message": message,
     });
-    (code, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body.to_string()).into_response()
+    (
+        code,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn is_json(headers: &HeaderMap) -> Result<(), String> {
@@ -165,7 +195,9 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
         let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
         let n: f64 = rest[..num_end].parse().ok()?;
         rest = &rest[num_end..];
-        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let scale = match &rest[..unit_end] {
             "h" => 3600.0,
             "m" => 60.0,
@@ -181,15 +213,28 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
     (total.is_finite() && total >= 0.0 && total < 1e9).then(|| Duration::from_secs_f64(total))
 }
 
-async fn handle(s: &AppState, endpoint: Endpoint, query: Option<&str>, headers: &HeaderMap, body: Body) -> Response {
+async fn handle(
+    s: &AppState,
+    endpoint: Endpoint,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
     if let Err(msg) = is_json(headers) {
         s.metrics.error(ErrorClass::unsupported_media_type);
         tracing::warn!(endpoint = endpoint.as_str(), "{msg}");
-        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "UnsupportedMediaType", msg);
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "UnsupportedMediaType",
+            msg,
+        );
     }
     let too_large = || {
         s.metrics.error(ErrorClass::payload_too_large);
-        tracing::warn!(endpoint = endpoint.as_str(), "request body over {MAX_BODY} bytes");
+        tracing::warn!(
+            endpoint = endpoint.as_str(),
+            "request body over {MAX_BODY} bytes"
+        );
         error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "RequestEntityTooLarge",
@@ -206,18 +251,28 @@ async fn handle(s: &AppState, endpoint: Endpoint, query: Option<&str>, headers: 
     // Answer a little before the API server gives up, so it gets our verdict
     // rather than applying failurePolicy.
     let timeout = request_timeout(query).unwrap_or(s.limits.default_timeout);
-    let budget = timeout.mul_f64(0.9).saturating_sub(Duration::from_millis(50));
+    let budget = timeout
+        .mul_f64(0.9)
+        .saturating_sub(Duration::from_millis(50));
     let deadline = Instant::now() + budget;
 
     let Ok(Ok(_permit)) = tokio::time::timeout_at(deadline, s.limiter.acquire()).await else {
         s.metrics.error(ErrorClass::overloaded);
-        tracing::warn!(endpoint = endpoint.as_str(), "too many concurrent reviews; request waited until its deadline");
-        return error(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "the webhook is at its concurrency limit; retry".into());
+        tracing::warn!(
+            endpoint = endpoint.as_str(),
+            "too many concurrent reviews; request waited until its deadline"
+        );
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the webhook is at its concurrency limit; retry".into(),
+        );
     };
     s.metrics.in_flight.inc();
     let _in_flight = scopeguard(&s.metrics);
 
-    let bytes = match tokio::time::timeout_at(deadline, axum::body::to_bytes(body, MAX_BODY)).await {
+    let bytes = match tokio::time::timeout_at(deadline, axum::body::to_bytes(body, MAX_BODY)).await
+    {
         Ok(Ok(b)) => b,
         Ok(Err(e)) => {
             let limit = std::error::Error::source(&e)
@@ -226,11 +281,19 @@ async fn handle(s: &AppState, endpoint: Endpoint, query: Option<&str>, headers: 
                 return too_large();
             }
             s.metrics.error(ErrorClass::bad_request);
-            return error(StatusCode::BAD_REQUEST, "BadRequest", format!("could not read the request body: {e}"));
+            return error(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("could not read the request body: {e}"),
+            );
         }
         Err(_) => {
             s.metrics.error(ErrorClass::deadline_exceeded);
-            return error(StatusCode::REQUEST_TIMEOUT, "Timeout", "the request body did not arrive before the deadline".into());
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "Timeout",
+                "the request body did not arrive before the deadline".into(),
+            );
         }
     };
     let review: Review = match review::decode(&bytes) {
@@ -241,7 +304,9 @@ async fn handle(s: &AppState, endpoint: Endpoint, query: Option<&str>, headers: 
             return error(StatusCode::BAD_REQUEST, "BadRequest", e.to_string());
         }
     };
-    let response = match tokio::time::timeout_at(deadline, s.webhook.review(endpoint, &review)).await {
+    let response = match tokio::time::timeout_at(deadline, s.webhook.review(endpoint, &review))
+        .await
+    {
         Ok(r) => r,
         Err(_) => {
             s.metrics.error(ErrorClass::deadline_exceeded);
@@ -261,7 +326,10 @@ async fn handle(s: &AppState, endpoint: Endpoint, query: Option<&str>, headers: 
         }
     };
     (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         review::encode(&review.api_version, &response),
     )
         .into_response()
@@ -314,7 +382,15 @@ pub async fn run(
         stopper.cancel();
     });
 
-    serve_tls(listener, tls, router(state.clone()), state.clone(), stop_accepting, shutdown.drain).await;
+    serve_tls(
+        listener,
+        tls,
+        router(state.clone()),
+        state.clone(),
+        stop_accepting,
+        shutdown.drain,
+    )
+    .await;
     stop_health.cancel();
     let _ = health_task.await;
     Ok(())
@@ -355,26 +431,34 @@ async fn serve_tls(
         let state = state.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let stream = match tokio::time::timeout(state.limits.handshake_timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    state.metrics.error(ErrorClass::tls_handshake);
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    state.metrics.error(ErrorClass::tls_handshake);
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
+            let stream =
+                match tokio::time::timeout(state.limits.handshake_timeout, acceptor.accept(tcp))
+                    .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        state.metrics.error(ErrorClass::tls_handshake);
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        state.metrics.error(ErrorClass::tls_handshake);
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
             let mut builder = auto::Builder::new(TokioExecutor::new());
             builder
                 .http1()
                 .timer(TokioTimer::new())
                 .header_read_timeout(state.limits.header_read_timeout);
-            builder.http2().timer(TokioTimer::new()).max_concurrent_streams(256);
-            let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_concurrent_streams(256);
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned();
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
@@ -404,10 +488,20 @@ mod tests {
             ("s", None),
             ("10x", None),
         ] {
-            assert_eq!(parse_go_duration(s).map(|d| d.as_millis() as u64), want, "{s:?}");
+            assert_eq!(
+                parse_go_duration(s).map(|d| d.as_millis() as u64),
+                want,
+                "{s:?}"
+            );
         }
-        assert_eq!(request_timeout(Some("timeout=3s")), Some(Duration::from_secs(3)));
-        assert_eq!(request_timeout(Some("a=b&timeout=2s")), Some(Duration::from_secs(2)));
+        assert_eq!(
+            request_timeout(Some("timeout=3s")),
+            Some(Duration::from_secs(3))
+        );
+        assert_eq!(
+            request_timeout(Some("a=b&timeout=2s")),
+            Some(Duration::from_secs(2))
+        );
         assert_eq!(request_timeout(None), None);
     }
 }

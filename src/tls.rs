@@ -113,7 +113,9 @@ impl TlsConfig {
         let cert_path = files.cert.display().to_string();
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&fp.cert)
             .collect::<Result<_, _>>()
-            .map_err(|_| TlsError::NoCertificate { path: cert_path.clone() })?;
+            .map_err(|_| TlsError::NoCertificate {
+                path: cert_path.clone(),
+            })?;
         if chain.is_empty() {
             return Err(TlsError::NoCertificate { path: cert_path });
         }
@@ -128,7 +130,9 @@ impl TlsConfig {
             .map_err(|e| TlsError::Mismatch(e.to_string()))?;
         let expiry = not_after(&chain[0]);
         let certified = CertifiedKey::new(chain, signing);
-        certified.keys_match().map_err(|e| TlsError::Mismatch(e.to_string()))?;
+        certified
+            .keys_match()
+            .map_err(|e| TlsError::Mismatch(e.to_string()))?;
 
         let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -275,8 +279,13 @@ impl ClientCertVerifier for NameCheckingVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
-        if Self::names_of(end_entity).iter().any(|n| self.names.contains(n)) {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if Self::names_of(end_entity)
+            .iter()
+            .any(|n| self.names.contains(n))
+        {
             Ok(verified)
         } else {
             Err(rustls::Error::InvalidCertificate(

@@ -42,7 +42,11 @@ impl Webhook {
             .requests
             .get_or_create(&RequestLabels {
                 endpoint: endpoint.as_str(),
-                kind: if req.kind().is_some() { kind.to_owned() } else { "other".to_owned() },
+                kind: if req.kind().is_some() {
+                    kind.to_owned()
+                } else {
+                    "other".to_owned()
+                },
                 operation: req.operation.as_str(),
                 allowed: response.allowed,
                 mutated: response.patch.is_some(),
@@ -51,7 +55,9 @@ impl Webhook {
             .inc();
         self.metrics
             .latency
-            .get_or_create(&EndpointLabels { endpoint: endpoint.as_str() })
+            .get_or_create(&EndpointLabels {
+                endpoint: endpoint.as_str(),
+            })
             .observe(started.elapsed().as_secs_f64());
 
         let user = req.user_info.username.as_deref().unwrap_or("");

@@ -31,7 +31,13 @@ pub struct Layout {
 const META: &[&str] = &["metadata"];
 const TEMPLATE_META: &[&str] = &["spec", "template", "metadata"];
 const POOL_VM_META: &[&str] = &["spec", "virtualMachineTemplate", "metadata"];
-const POOL_TEMPLATE_META: &[&str] = &["spec", "virtualMachineTemplate", "spec", "template", "metadata"];
+const POOL_TEMPLATE_META: &[&str] = &[
+    "spec",
+    "virtualMachineTemplate",
+    "spec",
+    "template",
+    "metadata",
+];
 
 impl Kind {
     /// Recognises a kind from the request's `kind` (group, version, kind).
@@ -95,7 +101,11 @@ pub fn get<'v>(v: &'v Value, path: &[&str]) -> Option<&'v Value> {
 
 /// A dotted field path for causes: `spec.template.spec.domain.rebootPolicy`.
 pub fn field(path: &[&str], leaf: &[&str]) -> String {
-    path.iter().chain(leaf).copied().collect::<Vec<_>>().join(".")
+    path.iter()
+        .chain(leaf)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(".")
 }
 
 /// The reserved annotation's value in the metadata object at `meta`.
@@ -124,9 +134,6 @@ pub fn controller_vm_owner(vmi: &Value, request_namespace: Option<&str>) -> Opti
     Some(OwnerRef {
         namespace: namespace.to_owned(),
         name: owner.get("name").and_then(Value::as_str)?.to_owned(),
-        uid: owner
-            .get("uid")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
+        uid: owner.get("uid").and_then(Value::as_str).map(str::to_owned),
     })
 }

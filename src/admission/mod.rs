@@ -247,8 +247,10 @@ impl Verdict {
     fn apply_mode(mut self, mode: Mode) -> Verdict {
         if mode == Mode::Warn && !self.causes.is_empty() {
             for c in self.causes.drain(..) {
-                self.warnings
-                    .push(format!("would be denied (warn mode): {}: {}", c.field, c.message));
+                self.warnings.push(format!(
+                    "would be denied (warn mode): {}: {}",
+                    c.field, c.message
+                ));
             }
             // A denied mutation has nothing trustworthy to patch with.
             self.patch.clear();
@@ -266,13 +268,13 @@ pub fn owner_to_resolve(
     req: &AdmissionRequest,
     policy: &Policy,
 ) -> Option<OwnerRef> {
-    if req.kind() != Some(Kind::Vmi) || req.operation != Operation::Create || req.is_subresource()
-    {
+    if req.kind() != Some(Kind::Vmi) || req.operation != Operation::Create || req.is_subresource() {
         return None;
     }
     let obj = req.object.as_ref()?;
     if endpoint == Endpoint::Validate
-        && (kinds::annotation(obj, &["metadata"]).is_none() || policy.trusted.contains(&req.user_info))
+        && (kinds::annotation(obj, &["metadata"]).is_none()
+            || policy.trusted.contains(&req.user_info))
     {
         return None;
     }
@@ -280,7 +282,12 @@ pub fn owner_to_resolve(
 }
 
 /// The decision: pure, total, and the same for the server and `check`.
-pub fn decide(endpoint: Endpoint, req: &AdmissionRequest, ctx: Context<'_>, owner: &Owner) -> Verdict {
+pub fn decide(
+    endpoint: Endpoint,
+    req: &AdmissionRequest,
+    ctx: Context<'_>,
+    owner: &Owner,
+) -> Verdict {
     let Some(kind) = req.kind() else {
         return Verdict::default();
     };

@@ -60,7 +60,9 @@ fn compat_rewrite(kind: Kind, req: &AdmissionRequest, obj: &Value, ctx: Context<
     else {
         return Verdict::default();
     };
-    let rs = get(obj, vm_spec).and_then(|s| s.get("runStrategy")).and_then(Value::as_str);
+    let rs = get(obj, vm_spec)
+        .and_then(|s| s.get("runStrategy"))
+        .and_then(Value::as_str);
     let mut p = PatchBuilder::default();
     match rs {
         // Without the gate the rewrite would only move the denial to
@@ -68,8 +70,18 @@ fn compat_rewrite(kind: Kind, req: &AdmissionRequest, obj: &Value, ctx: Context<
         Some(BOOTONCE) if ctx.gate => {
             p.set(obj, vm_spec, "runStrategy", "Once".into());
             let annotations = |m: &[&'static str]| [m, &["annotations"]].concat();
-            p.set(obj, &annotations(vm_meta), BOOTONCE_ANNOTATION, BOOTONCE.into());
-            p.set(obj, &annotations(tmpl_meta), BOOTONCE_ANNOTATION, BOOTONCE.into());
+            p.set(
+                obj,
+                &annotations(vm_meta),
+                BOOTONCE_ANNOTATION,
+                BOOTONCE.into(),
+            );
+            p.set(
+                obj,
+                &annotations(tmpl_meta),
+                BOOTONCE_ANNOTATION,
+                BOOTONCE.into(),
+            );
             let domain: Vec<&str> = layout.vmi_spec.iter().copied().chain(["domain"]).collect();
             p.set_default(obj, &domain, "rebootPolicy", "Terminate".into());
         }
@@ -77,7 +89,10 @@ fn compat_rewrite(kind: Kind, req: &AdmissionRequest, obj: &Value, ctx: Context<
         _ if req.operation == Operation::Update => {
             // Only undo what this webhook did: the old object was a compat BootOnce VM.
             let was_bootonce = req.old_object.as_ref().is_some_and(|old| {
-                get(old, vm_spec).and_then(|s| s.get("runStrategy")).and_then(Value::as_str) == Some("Once")
+                get(old, vm_spec)
+                    .and_then(|s| s.get("runStrategy"))
+                    .and_then(Value::as_str)
+                    == Some("Once")
                     && annotation(old, vm_meta).and_then(Value::as_str) == Some(BOOTONCE)
             });
             if was_bootonce {

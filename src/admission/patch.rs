@@ -38,7 +38,9 @@ impl PatchBuilder {
 
     /// Ensures `obj[path..][key]` exists, setting `value` only when absent.
     pub fn set_default(&mut self, obj: &Value, path: &[&str], key: &str, value: Value) {
-        let present = super::kinds::get(obj, path).and_then(|m| m.get(key)).is_some();
+        let present = super::kinds::get(obj, path)
+            .and_then(|m| m.get(key))
+            .is_some();
         if !present {
             self.set(obj, path, key, value);
         }
@@ -46,7 +48,10 @@ impl PatchBuilder {
 
     /// Ensures `obj[path..][key]` is absent.
     pub fn remove(&mut self, obj: &Value, path: &[&str], key: &str) {
-        if super::kinds::get(obj, path).and_then(|m| m.get(key)).is_some() {
+        if super::kinds::get(obj, path)
+            .and_then(|m| m.get(key))
+            .is_some()
+        {
             let full: Vec<&str> = path.iter().copied().chain([key]).collect();
             self.ops.push(PatchOperation::Remove(RemoveOperation {
                 path: PointerBuf::from_tokens(full),

@@ -118,7 +118,10 @@ impl AdmissionRequest {
         let name = Some(self.name.as_str())
             .filter(|n| !n.is_empty())
             .or_else(|| meta.and_then(|m| m.get("name")).and_then(Value::as_str))
-            .or_else(|| meta.and_then(|m| m.get("generateName")).and_then(Value::as_str))
+            .or_else(|| {
+                meta.and_then(|m| m.get("generateName"))
+                    .and_then(Value::as_str)
+            })
             .unwrap_or("");
         match self.namespace.as_deref() {
             Some(ns) if !ns.is_empty() => format!("{ns}/{name}"),
@@ -181,7 +184,10 @@ pub fn decode(body: &[u8]) -> Result<Review, DecodeError> {
         None => return Err(DecodeError::Kind("nothing".into())),
     }
     let r = raw.request.ok_or(DecodeError::NoRequest)?;
-    let uid = r.uid.filter(|u| !u.is_empty()).ok_or(DecodeError::Missing("uid"))?;
+    let uid = r
+        .uid
+        .filter(|u| !u.is_empty())
+        .ok_or(DecodeError::Missing("uid"))?;
     let kind = r
         .kind
         .filter(|k| !k.kind.is_empty())

@@ -1,0 +1,819 @@
+//! Table-driven tests of the decisions: one row per case, each asserting the
+//! exact outcome (field paths, reasons, message parts, patched object).
+
+use serde_json::{json, Value};
+
+use super::review::{AdmissionRequest, Gvk, Operation, UserInfo};
+use super::*;
+
+const USER: &str = "alice";
+const CONTROLLER: &str = "system:serviceaccount:kubevirt:kubevirt-controller";
+
+fn policy(mode: Mode, bootonce: BootOnceMode) -> Policy {
+    Policy {
+        trusted: Trusted::new("kubevirt", &["ops-bot".into()], &["kubevirt-admins".into()]),
+        mode,
+        bootonce,
+    }
+}
+
+fn gvk(kind: Kind) -> Gvk {
+    let (group, version) = match kind {
+        Kind::Pool => ("pool.kubevirt.io", "v1alpha1"),
+        _ => ("kubevirt.io", "v1"),
+    };
+    Gvk {
+        group: group.into(),
+        version: version.into(),
+        kind: kind.as_str().into(),
+    }
+}
+
+fn request(
+    kind: Kind,
+    op: Operation,
+    user: &str,
+    obj: Value,
+    old: Option<Value>,
+) -> AdmissionRequest {
+    AdmissionRequest {
+        uid: "uid-1".into(),
+        kind: gvk(kind),
+        sub_resource: None,
+        name: "x".into(),
+        namespace: Some("ns".into()),
+        operation: op,
+        user_info: UserInfo {
+            username: Some(user.into()),
+            groups: vec!["system:authenticated".into()],
+        },
+        object: Some(obj),
+        old_object: old,
+        dry_run: false,
+    }
+}
+
+fn vm(run_strategy: Option<&str>, reboot_policy: Option<Value>) -> Value {
+    let mut v = json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+        "metadata": {"name": "x", "namespace": "ns"},
+        "spec": {"template": {"metadata": {"labels": {"a": "b"}}, "spec": {"domain": {"devices": {}}}}}
+    });
+    if let Some(rs) = run_strategy {
+        v["spec"]["runStrategy"] = json!(rs);
+    }
+    if let Some(rp) = reboot_policy {
+        v["spec"]["template"]["spec"]["domain"]["rebootPolicy"] = rp;
+    }
+    v
+}
+
+fn vmi(reboot_policy: Option<&str>, annotation: Option<&str>, owner: bool) -> Value {
+    let mut v = json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+        "metadata": {"name": "x", "namespace": "ns"},
+        "spec": {"domain": {"devices": {}}}
+    });
+    if let Some(rp) = reboot_policy {
+        v["spec"]["domain"]["rebootPolicy"] = json!(rp);
+    }
+    if let Some(a) = annotation {
+        v["metadata"]["annotations"] = json!({ BOOTONCE_ANNOTATION: a });
+    }
+    if owner {
+        v["metadata"]["ownerReferences"] = json!([{
+            "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "name": "x",
+            "uid": "vm-uid", "controller": true, "blockOwnerDeletion": true
+        }]);
+    }
+    v
+}
+
+fn vmirs(reboot_policy: Option<&str>) -> Value {
+    let mut v = json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstanceReplicaSet",
+        "metadata": {"name": "x", "namespace": "ns"},
+        "spec": {"replicas": 2, "template": {"spec": {"domain": {}}}}
+    });
+    if let Some(rp) = reboot_policy {
+        v["spec"]["template"]["spec"]["domain"]["rebootPolicy"] = json!(rp);
+    }
+    v
+}
+
+fn pool(run_strategy: Option<&str>, reboot_policy: Option<&str>) -> Value {
+    let mut v = json!({
+        "apiVersion": "pool.kubevirt.io/v1alpha1", "kind": "VirtualMachinePool",
+        "metadata": {"name": "x", "namespace": "ns"},
+        "spec": {"replicas": 2, "virtualMachineTemplate": {"metadata": {}, "spec": {
+            "template": {"metadata": {}, "spec": {"domain": {}}}}}}
+    });
+    if let Some(rs) = run_strategy {
+        v["spec"]["virtualMachineTemplate"]["spec"]["runStrategy"] = json!(rs);
+    }
+    if let Some(rp) = reboot_policy {
+        v["spec"]["virtualMachineTemplate"]["spec"]["template"]["spec"]["domain"]["rebootPolicy"] =
+            json!(rp);
+    }
+    v
+}
+
+fn owner(rs: RunStrategy, annotated: bool) -> Owner {
+    Owner::Found(VmInfo {
+        uid: Some("vm-uid".into()),
+        run_strategy: rs,
+        annotated,
+    })
+}
+
+/// What a row expects: causes as (field, reason, message part), warnings as parts.
+struct Expect {
+    causes: &'static [(&'static str, CauseReason, &'static str)],
+    warnings: &'static [&'static str],
+}
+
+const ALLOW: Expect = Expect {
+    causes: &[],
+    warnings: &[],
+};
+
+fn check_row(name: &str, v: &Verdict, want: &Expect) {
+    let got: Vec<(&str, CauseReason)> = v
+        .causes
+        .iter()
+        .map(|c| (c.field.as_str(), c.reason))
+        .collect();
+    let exp: Vec<(&str, CauseReason)> = want.causes.iter().map(|(f, r, _)| (*f, *r)).collect();
+    assert_eq!(got, exp, "{name}: causes {:#?}", v.causes);
+    for (c, (_, _, part)) in v.causes.iter().zip(want.causes) {
+        assert!(
+            c.message.contains(part),
+            "{name}: message {:?} lacks {part:?}",
+            c.message
+        );
+    }
+    assert_eq!(
+        v.warnings.len(),
+        want.warnings.len(),
+        "{name}: warnings {:#?}",
+        v.warnings
+    );
+    for (w, part) in v.warnings.iter().zip(want.warnings) {
+        assert!(w.contains(part), "{name}: warning {w:?} lacks {part:?}");
+    }
+}
+
+const TMPL_RP: &str = "spec.template.spec.domain.rebootPolicy";
+const POOL_RP: &str = "spec.virtualMachineTemplate.spec.template.spec.domain.rebootPolicy";
+use CauseReason::*;
+
+#[test]
+fn validation_rules_on_create() {
+    let p = policy(Mode::Enforce, BootOnceMode::Native);
+    #[rustfmt::skip]
+    let rows: Vec<(&str, Kind, Value, bool, &str, Expect)> = vec![
+        ("VM Terminate, gate on", Kind::Vm, vm(Some("Always"), Some(json!("Terminate"))), true, USER, ALLOW),
+        ("VM Reboot, gate on", Kind::Vm, vm(Some("Always"), Some(json!("Reboot"))), true, USER, ALLOW),
+        ("VM without the field, gate off", Kind::Vm, vm(Some("Always"), None), false, USER, ALLOW),
+        ("VM Terminate, gate off", Kind::Vm, vm(Some("Always"), Some(json!("Terminate"))), false, USER,
+            Expect { causes: &[(TMPL_RP, FieldValueInvalid, "requires the feature gate RecreateVMIOnReboot")], warnings: &[] }),
+        ("VM lowercase value", Kind::Vm, vm(None, Some(json!("terminate"))), true, USER,
+            Expect { causes: &[(TMPL_RP, FieldValueNotSupported, r#"Unsupported value: "terminate": supported values: "Reboot", "Terminate""#)], warnings: &[] }),
+        ("VM number value", Kind::Vm, vm(None, Some(json!(5))), true, USER,
+            Expect { causes: &[(TMPL_RP, FieldValueNotSupported, "Unsupported value: 5")], warnings: &[] }),
+        ("VM null value", Kind::Vm, vm(None, Some(Value::Null)), true, USER,
+            Expect { causes: &[(TMPL_RP, FieldValueNotSupported, "Unsupported value: null")], warnings: &[] }),
+        ("VM object value", Kind::Vm, vm(None, Some(json!({"a": 1}))), true, USER,
+            Expect { causes: &[(TMPL_RP, FieldValueNotSupported, "Unsupported value: {")], warnings: &[] }),
+        ("bad value and gate off: both causes", Kind::Vm, vm(None, Some(json!("Off"))), false, USER,
+            Expect { causes: &[(TMPL_RP, FieldValueNotSupported, "\"Off\""), (TMPL_RP, FieldValueInvalid, "RebootPolicy")], warnings: &[] }),
+        ("VMI Terminate gate off", Kind::Vmi, vmi(Some("Terminate"), None, false), false, USER,
+            Expect { causes: &[("spec.domain.rebootPolicy", FieldValueInvalid, "feature gate")], warnings: &[] }),
+        ("VMI Terminate gate off, kubevirt-controller", Kind::Vmi, vmi(Some("Terminate"), None, false), false, CONTROLLER,
+            Expect { causes: &[], warnings: &["trusted KubeVirt requester"] }),
+        ("VMIRS Terminate gate off", Kind::Vmirs, vmirs(Some("Terminate")), false, USER,
+            Expect { causes: &[(TMPL_RP, FieldValueInvalid, "feature gate")], warnings: &[] }),
+        ("VMIRS bad value", Kind::Vmirs, vmirs(Some("Restart")), true, USER,
+            Expect { causes: &[(TMPL_RP, FieldValueNotSupported, "\"Restart\"")], warnings: &[] }),
+        ("pool Terminate gate off", Kind::Pool, pool(None, Some("Terminate")), false, USER,
+            Expect { causes: &[(POOL_RP, FieldValueInvalid, "feature gate")], warnings: &[] }),
+        ("BootOnce gate on", Kind::Vm, vm(Some("BootOnce"), None), true, USER, ALLOW),
+        ("BootOnce gate off", Kind::Vm, vm(Some("BootOnce"), None), false, USER,
+            Expect { causes: &[("spec.runStrategy", FieldValueInvalid, "runStrategy BootOnce requires the feature gate RecreateVMIOnReboot")], warnings: &[] }),
+        ("BootOnce with Reboot", Kind::Vm, vm(Some("BootOnce"), Some(json!("Reboot"))), true, USER,
+            Expect { causes: &[(TMPL_RP, FieldValueInvalid, "use rebootPolicy \"Terminate\"")], warnings: &[] }),
+        ("BootOnce with Terminate", Kind::Vm, vm(Some("BootOnce"), Some(json!("Terminate"))), true, USER, ALLOW),
+        ("bootonce lowercase", Kind::Vm, vm(Some("bootonce"), None), true, USER,
+            Expect { causes: &[("spec.runStrategy", FieldValueNotSupported, "did you mean \"BootOnce\"")], warnings: &[] }),
+        ("BOOTONCE uppercase", Kind::Vm, vm(Some("BOOTONCE"), None), true, USER,
+            Expect { causes: &[("spec.runStrategy", FieldValueNotSupported, "did you mean")], warnings: &[] }),
+        ("other runStrategy not judged", Kind::Vm, vm(Some("Rerun"), None), true, USER, ALLOW),
+        ("pool BootOnce gate off", Kind::Pool, pool(Some("BootOnce"), None), false, USER,
+            Expect { causes: &[("spec.virtualMachineTemplate.spec.runStrategy", FieldValueInvalid, "feature gate")], warnings: &[] }),
+        ("pool BootOnce with Reboot", Kind::Pool, pool(Some("BootOnce"), Some("Reboot")), true, USER,
+            Expect { causes: &[(POOL_RP, FieldValueInvalid, "BootOnce")], warnings: &[] }),
+        ("pool bootOnce case", Kind::Pool, pool(Some("bootOnce"), None), true, USER,
+            Expect { causes: &[("spec.virtualMachineTemplate.spec.runStrategy", FieldValueNotSupported, "did you mean")], warnings: &[] }),
+        ("Terminate + RerunOnFailure warns", Kind::Vm, vm(Some("RerunOnFailure"), Some(json!("Terminate"))), true, USER,
+            Expect { causes: &[], warnings: &["RerunOnFailure", ] }),
+        ("Terminate + Manual warns", Kind::Vm, vm(Some("Manual"), Some(json!("Terminate"))), true, USER,
+            Expect { causes: &[], warnings: &["Manual"] }),
+        ("Terminate + Halted warns", Kind::Vm, vm(Some("Halted"), Some(json!("Terminate"))), true, USER,
+            Expect { causes: &[], warnings: &["Halted"] }),
+        ("pool Terminate + Manual warns", Kind::Pool, pool(Some("Manual"), Some("Terminate")), true, USER,
+            Expect { causes: &[], warnings: &["Manual"] }),
+        ("Terminate + Always: no warning", Kind::Vm, vm(Some("Always"), Some(json!("Terminate"))), true, USER, ALLOW),
+    ];
+    for (name, kind, obj, gate, user, want) in rows {
+        let req = request(kind, Operation::Create, user, obj, None);
+        let v = decide(
+            Endpoint::Validate,
+            &req,
+            Context { policy: &p, gate },
+            &Owner::None,
+        );
+        check_row(name, &v, &want);
+    }
+}
+
+#[test]
+fn running_with_bootonce() {
+    let p = policy(Mode::Enforce, BootOnceMode::Native);
+    let mut obj = vm(Some("BootOnce"), None);
+    obj["spec"]["running"] = json!(false);
+    let req = request(Kind::Vm, Operation::Create, USER, obj, None);
+    let v = decide(
+        Endpoint::Validate,
+        &req,
+        Context {
+            policy: &p,
+            gate: true,
+        },
+        &Owner::None,
+    );
+    check_row(
+        "running",
+        &v,
+        &Expect {
+            causes: &[(
+                "spec.running",
+                FieldValueInvalid,
+                "running cannot be set together with runStrategy BootOnce",
+            )],
+            warnings: &[],
+        },
+    );
+
+    let mut obj = pool(Some("BootOnce"), None);
+    obj["spec"]["virtualMachineTemplate"]["spec"]["running"] = json!(true);
+    let req = request(Kind::Pool, Operation::Create, USER, obj, None);
+    let v = decide(
+        Endpoint::Validate,
+        &req,
+        Context {
+            policy: &p,
+            gate: true,
+        },
+        &Owner::None,
+    );
+    check_row(
+        "pool running",
+        &v,
+        &Expect {
+            causes: &[(
+                "spec.virtualMachineTemplate.spec.running",
+                FieldValueInvalid,
+                "running",
+            )],
+            warnings: &[],
+        },
+    );
+}
+
+#[test]
+fn reserved_annotation_on_templates() {
+    let p = policy(Mode::Enforce, BootOnceMode::Native);
+    let annotate = |mut v: Value, meta: &str| {
+        let ptr = format!("{meta}/annotations");
+        let target = meta
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .fold(&mut v, |v, k| &mut v[k]);
+        target["annotations"] = json!({ BOOTONCE_ANNOTATION: "BootOnce" });
+        let _ = ptr;
+        v
+    };
+    #[rustfmt::skip]
+    let rows: Vec<(&str, Kind, Value, &str, Expect)> = vec![
+        ("VM metadata by user", Kind::Vm, annotate(vm(Some("BootOnce"), None), "/metadata"), USER,
+            Expect { causes: &[("metadata.annotations", FieldValueForbidden, "reserved for KubeVirt")], warnings: &[] }),
+        ("VM template by user", Kind::Vm, annotate(vm(Some("BootOnce"), None), "/spec/template/metadata"), USER,
+            Expect { causes: &[("spec.template.metadata.annotations", FieldValueForbidden, "runStrategy: BootOnce")], warnings: &[] }),
+        ("VM template by controller", Kind::Vm, annotate(vm(Some("BootOnce"), None), "/spec/template/metadata"), CONTROLLER, ALLOW),
+        ("VM template by trusted user flag", Kind::Vm, annotate(vm(Some("BootOnce"), None), "/spec/template/metadata"), "ops-bot", ALLOW),
+        ("VMIRS template by user", Kind::Vmirs, annotate(vmirs(None), "/spec/template/metadata"), USER,
+            Expect { causes: &[("spec.template.metadata.annotations", FieldValueForbidden, "reserved")], warnings: &[] }),
+        ("pool VM template by user", Kind::Pool, annotate(pool(Some("BootOnce"), None), "/spec/virtualMachineTemplate/metadata"), USER,
+            Expect { causes: &[("spec.virtualMachineTemplate.metadata.annotations", FieldValueForbidden, "reserved")], warnings: &[] }),
+        ("pool VMI template by user", Kind::Pool, annotate(pool(Some("BootOnce"), None), "/spec/virtualMachineTemplate/spec/template/metadata"), USER,
+            Expect { causes: &[("spec.virtualMachineTemplate.spec.template.metadata.annotations", FieldValueForbidden, "reserved")], warnings: &[] }),
+        ("Once + annotation in native mode by user", Kind::Vm, annotate(vm(Some("Once"), None), "/metadata"), USER,
+            Expect { causes: &[("metadata.annotations", FieldValueForbidden, "reserved")], warnings: &[] }),
+    ];
+    for (name, kind, obj, user, want) in rows {
+        let req = request(kind, Operation::Create, user, obj, None);
+        let v = decide(
+            Endpoint::Validate,
+            &req,
+            Context {
+                policy: &p,
+                gate: true,
+            },
+            &Owner::None,
+        );
+        check_row(name, &v, &want);
+    }
+    // A wrong value is wrong for everyone, trusted or not.
+    let mut obj = vm(Some("BootOnce"), None);
+    obj["spec"]["template"]["metadata"]["annotations"] = json!({ BOOTONCE_ANNOTATION: "Always" });
+    let req = request(Kind::Vm, Operation::Create, CONTROLLER, obj, None);
+    let v = decide(
+        Endpoint::Validate,
+        &req,
+        Context {
+            policy: &p,
+            gate: true,
+        },
+        &Owner::None,
+    );
+    check_row(
+        "bad value",
+        &v,
+        &Expect {
+            causes: &[(
+                "spec.template.metadata.annotations",
+                FieldValueNotSupported,
+                "supported values: \"BootOnce\"",
+            )],
+            warnings: &[],
+        },
+    );
+}
+
+#[test]
+fn reserved_annotation_on_vmi_create() {
+    let p = policy(Mode::Enforce, BootOnceMode::Native);
+    #[rustfmt::skip]
+    let rows: Vec<(&str, Value, &str, Owner, Expect)> = vec![
+        ("owner BootOnce", vmi(None, Some("BootOnce"), true), USER, owner(RunStrategy::BootOnce, false), ALLOW),
+        ("owner Always", vmi(None, Some("BootOnce"), true), USER, owner(RunStrategy::Other, false),
+            Expect { causes: &[("metadata.annotations", FieldValueForbidden, "controller owner is a VirtualMachine with runStrategy BootOnce")], warnings: &[] }),
+        ("no owner", vmi(None, Some("BootOnce"), false), USER, Owner::None,
+            Expect { causes: &[("metadata.annotations", FieldValueForbidden, "reserved")], warnings: &[] }),
+        ("owner gone", vmi(None, Some("BootOnce"), true), USER, Owner::Gone,
+            Expect { causes: &[("metadata.annotations", FieldValueForbidden, "reserved")], warnings: &[] }),
+        ("owner unreadable", vmi(None, Some("BootOnce"), true), USER, Owner::Unavailable("API down".into()),
+            Expect { causes: &[("metadata.annotations", InternalError, "retry")], warnings: &[] }),
+        ("trusted, no owner", vmi(None, Some("BootOnce"), false), CONTROLLER, Owner::None, ALLOW),
+        ("trusted group", vmi(None, Some("BootOnce"), false), "bob", Owner::None, ALLOW),
+        ("wrong value even trusted", vmi(None, Some("Once"), true), CONTROLLER, Owner::None,
+            Expect { causes: &[("metadata.annotations", FieldValueNotSupported, "runstrategy.kubevirt.io=\"Once\"")], warnings: &[] }),
+        ("annotation with Reboot", vmi(Some("Reboot"), Some("BootOnce"), true), CONTROLLER, Owner::None,
+            Expect { causes: &[("spec.domain.rebootPolicy", FieldValueInvalid, "must terminate on guest reboot")], warnings: &[] }),
+        ("compat owner in native mode", vmi(None, Some("BootOnce"), true), USER, owner(RunStrategy::Once, true),
+            Expect { causes: &[("metadata.annotations", FieldValueForbidden, "reserved")], warnings: &[] }),
+    ];
+    for (name, obj, user, own, want) in rows {
+        let mut req = request(Kind::Vmi, Operation::Create, user, obj, None);
+        if user == "bob" {
+            req.user_info.groups.push("kubevirt-admins".into());
+        }
+        let v = decide(
+            Endpoint::Validate,
+            &req,
+            Context {
+                policy: &p,
+                gate: true,
+            },
+            &own,
+        );
+        check_row(name, &v, &want);
+    }
+}
+
+#[test]
+fn owner_is_resolved_only_when_needed() {
+    let p = policy(Mode::Enforce, BootOnceMode::Native);
+    let want = Some(OwnerRef {
+        namespace: "ns".into(),
+        name: "x".into(),
+        uid: Some("vm-uid".into()),
+    });
+    let req = request(
+        Kind::Vmi,
+        Operation::Create,
+        USER,
+        vmi(None, None, true),
+        None,
+    );
+    assert_eq!(owner_to_resolve(Endpoint::Mutate, &req, &p), want);
+    assert_eq!(
+        owner_to_resolve(Endpoint::Validate, &req, &p),
+        None,
+        "no annotation: nothing to verify"
+    );
+    let req = request(
+        Kind::Vmi,
+        Operation::Create,
+        USER,
+        vmi(None, Some("BootOnce"), true),
+        None,
+    );
+    assert_eq!(owner_to_resolve(Endpoint::Validate, &req, &p), want);
+    let req = request(
+        Kind::Vmi,
+        Operation::Create,
+        CONTROLLER,
+        vmi(None, Some("BootOnce"), true),
+        None,
+    );
+    assert_eq!(
+        owner_to_resolve(Endpoint::Validate, &req, &p),
+        None,
+        "trusted requester"
+    );
+    let mut obj = vmi(None, None, true);
+    obj["metadata"]["ownerReferences"][0]["kind"] = json!("VirtualMachineInstanceReplicaSet");
+    let req = request(Kind::Vmi, Operation::Create, USER, obj, None);
+    assert_eq!(
+        owner_to_resolve(Endpoint::Mutate, &req, &p),
+        None,
+        "not a VM owner"
+    );
+    let mut obj = vmi(None, None, true);
+    obj["metadata"]["ownerReferences"][0]["controller"] = json!(false);
+    let req = request(Kind::Vmi, Operation::Create, USER, obj, None);
+    assert_eq!(
+        owner_to_resolve(Endpoint::Mutate, &req, &p),
+        None,
+        "not the controller"
+    );
+}
+
+#[test]
+fn ratcheting_and_updates() {
+    let p = policy(Mode::Enforce, BootOnceMode::Native);
+    let running = |mut v: Value| {
+        v["status"] = json!({"created": true, "printableStatus": "Running"});
+        v
+    };
+    #[rustfmt::skip]
+    let rows: Vec<(&str, Kind, Value, Value, bool, &str, Expect)> = vec![
+        ("unchanged rebootPolicy, gate off", Kind::Vm,
+            vm(Some("Always"), Some(json!("Terminate"))), vm(Some("Always"), Some(json!("Terminate"))), false, USER,
+            Expect { causes: &[], warnings: &["unchanged"] }),
+        ("changed rebootPolicy, gate off", Kind::Vm,
+            vm(Some("Always"), Some(json!("Reboot"))), vm(Some("Always"), Some(json!("Terminate"))), false, USER,
+            Expect { causes: &[(TMPL_RP, FieldValueInvalid, "feature gate")], warnings: &[] }),
+        ("added rebootPolicy, gate off", Kind::Vm,
+            vm(Some("Always"), Some(json!("Terminate"))), vm(Some("Always"), None), false, USER,
+            Expect { causes: &[(TMPL_RP, FieldValueInvalid, "feature gate")], warnings: &[] }),
+        ("unchanged BootOnce, gate off", Kind::Vm,
+            vm(Some("BootOnce"), None), vm(Some("BootOnce"), None), false, USER,
+            Expect { causes: &[], warnings: &["unchanged"] }),
+        ("switch to BootOnce, gate off", Kind::Vm,
+            vm(Some("BootOnce"), None), vm(Some("Always"), None), false, USER,
+            Expect { causes: &[("spec.runStrategy", FieldValueInvalid, "feature gate")], warnings: &[] }),
+        ("rebootPolicy change on running VM warns", Kind::Vm,
+            running(vm(Some("Always"), Some(json!("Terminate")))), running(vm(Some("Always"), None)), true, USER,
+            Expect { causes: &[], warnings: &["restart the VM"] }),
+        ("switch to BootOnce on running VM warns", Kind::Vm,
+            running(vm(Some("BootOnce"), None)), running(vm(Some("Always"), None)), true, USER,
+            Expect { causes: &[], warnings: &["BootOnce takes effect at the next start"] }),
+        ("switch from BootOnce on stopped VM: no warning", Kind::Vm,
+            vm(Some("Always"), None), vm(Some("BootOnce"), None), true, USER, ALLOW),
+        ("VMI rebootPolicy change by user", Kind::Vmi,
+            vmi(Some("Terminate"), None, false), vmi(Some("Reboot"), None, false), true, USER,
+            Expect { causes: &[("spec.domain.rebootPolicy", FieldValueInvalid, "field is immutable")], warnings: &[] }),
+        ("VMI rebootPolicy removed by user", Kind::Vmi,
+            vmi(None, None, false), vmi(Some("Terminate"), None, false), true, USER,
+            Expect { causes: &[("spec.domain.rebootPolicy", FieldValueInvalid, "immutable")], warnings: &[] }),
+        ("VMI rebootPolicy change by controller", Kind::Vmi,
+            vmi(Some("Terminate"), None, false), vmi(Some("Reboot"), None, false), true, CONTROLLER, ALLOW),
+        ("VMI annotation added by user", Kind::Vmi,
+            vmi(None, Some("BootOnce"), true), vmi(None, None, true), true, USER,
+            Expect { causes: &[("metadata.annotations", FieldValueForbidden, "cannot be added")], warnings: &[] }),
+        ("VMI annotation removed by user", Kind::Vmi,
+            vmi(Some("Terminate"), None, true), vmi(Some("Terminate"), Some("BootOnce"), true), true, USER,
+            Expect { causes: &[("metadata.annotations", FieldValueForbidden, "cannot be removed")], warnings: &[] }),
+        ("VMI annotation kept, label edit by user", Kind::Vmi,
+            vmi(Some("Terminate"), Some("BootOnce"), true), vmi(Some("Terminate"), Some("BootOnce"), true), true, USER, ALLOW),
+        ("VMI annotation removed by handler", Kind::Vmi,
+            vmi(Some("Terminate"), None, true), vmi(Some("Terminate"), Some("BootOnce"), true), true,
+            "system:serviceaccount:kubevirt:kubevirt-handler", ALLOW),
+        ("VMI annotation removed by SA of another namespace", Kind::Vmi,
+            vmi(Some("Terminate"), None, true), vmi(Some("Terminate"), Some("BootOnce"), true), true,
+            "system:serviceaccount:default:kubevirt-handler",
+            Expect { causes: &[("metadata.annotations", FieldValueForbidden, "removed")], warnings: &[] }),
+        ("VM template annotation kept on update", Kind::Vm,
+            {let mut v = vm(Some("BootOnce"), None); v["spec"]["template"]["metadata"]["annotations"] = json!({BOOTONCE_ANNOTATION: "BootOnce"}); v},
+            {let mut v = vm(Some("BootOnce"), None); v["spec"]["template"]["metadata"]["annotations"] = json!({BOOTONCE_ANNOTATION: "BootOnce"}); v},
+            true, USER, ALLOW),
+    ];
+    for (name, kind, new, old, gate, user, want) in rows {
+        let req = request(kind, Operation::Update, user, new, Some(old));
+        let v = decide(
+            Endpoint::Validate,
+            &req,
+            Context { policy: &p, gate },
+            &Owner::None,
+        );
+        check_row(name, &v, &want);
+    }
+}
+
+#[test]
+fn untouched_requests() {
+    let p = policy(Mode::Enforce, BootOnceMode::Native);
+    let bad = vm(Some("bootonce"), Some(json!("nope")));
+    let mut sub = request(Kind::Vm, Operation::Update, USER, bad.clone(), None);
+    sub.sub_resource = Some("status".into());
+    let mut other = request(Kind::Vm, Operation::Create, USER, bad.clone(), None);
+    other.kind = Gvk {
+        group: "apps".into(),
+        version: "v1".into(),
+        kind: "Deployment".into(),
+    };
+    let mut vmirs_alpha = request(Kind::Vmirs, Operation::Create, USER, bad.clone(), None);
+    vmirs_alpha.kind.group = "example.com".into();
+    let del = request(Kind::Vm, Operation::Delete, USER, bad, None);
+    for (name, req) in [
+        ("subresource", sub),
+        ("other kind", other),
+        ("other group", vmirs_alpha),
+        ("delete", del),
+    ] {
+        for endpoint in [Endpoint::Validate, Endpoint::Mutate] {
+            let v = decide(
+                endpoint,
+                &req,
+                Context {
+                    policy: &p,
+                    gate: false,
+                },
+                &owner(RunStrategy::BootOnce, false),
+            );
+            assert_eq!(v, Verdict::default(), "{name}");
+        }
+    }
+}
+
+#[test]
+fn warn_mode_turns_denials_into_warnings() {
+    let p = policy(Mode::Warn, BootOnceMode::Native);
+    let req = request(
+        Kind::Vm,
+        Operation::Create,
+        USER,
+        vm(Some("bootonce"), Some(json!("Terminate"))),
+        None,
+    );
+    let v = decide(
+        Endpoint::Validate,
+        &req,
+        Context {
+            policy: &p,
+            gate: false,
+        },
+        &Owner::None,
+    );
+    assert!(v.allowed());
+    assert_eq!(v.warnings.len(), 2, "{:#?}", v.warnings);
+    assert!(v
+        .warnings
+        .iter()
+        .all(|w| w.starts_with("would be denied (warn mode): ")));
+    assert!(v
+        .warnings
+        .iter()
+        .any(|w| w.contains("spec.runStrategy: Unsupported value: \"bootonce\"")));
+}
+
+fn mutated(obj: &Value, v: &Verdict) -> Value {
+    let mut out = obj.clone();
+    json_patch::patch(&mut out, &v.patch).expect("patch applies");
+    out
+}
+
+#[test]
+fn mutation_of_vmi_create() {
+    let p = policy(Mode::Enforce, BootOnceMode::Native);
+    let ctx = Context {
+        policy: &p,
+        gate: true,
+    };
+    #[rustfmt::skip]
+    let rows: Vec<(&str, Value, Owner, Option<Value>, Option<Value>, usize)> = vec![
+        // name, VMI, owner, expected annotations, expected rebootPolicy, ops
+        ("BootOnce owner, bare VMI", vmi(None, None, true), owner(RunStrategy::BootOnce, false),
+            Some(json!({BOOTONCE_ANNOTATION: "BootOnce"})), Some(json!("Terminate")), 2),
+        ("BootOnce owner keeps explicit Terminate", vmi(Some("Terminate"), None, true), owner(RunStrategy::BootOnce, false),
+            Some(json!({BOOTONCE_ANNOTATION: "BootOnce"})), Some(json!("Terminate")), 1),
+        ("BootOnce owner keeps Reboot (validation denies it)", vmi(Some("Reboot"), None, true), owner(RunStrategy::BootOnce, false),
+            Some(json!({BOOTONCE_ANNOTATION: "BootOnce"})), Some(json!("Reboot")), 1),
+        ("already stamped: nothing more", vmi(Some("Terminate"), Some("BootOnce"), true), owner(RunStrategy::BootOnce, false),
+            Some(json!({BOOTONCE_ANNOTATION: "BootOnce"})), Some(json!("Terminate")), 0),
+        ("wrong value is replaced", vmi(None, Some("Once"), true), owner(RunStrategy::BootOnce, false),
+            Some(json!({BOOTONCE_ANNOTATION: "BootOnce"})), Some(json!("Terminate")), 2),
+        ("not BootOnce: forged annotation removed", vmi(None, Some("BootOnce"), true), owner(RunStrategy::Other, false),
+            Some(json!({})), None, 1),
+        ("not BootOnce, clean: nothing", vmi(None, None, true), owner(RunStrategy::Other, false), None, None, 0),
+        ("owner gone: nothing", vmi(None, Some("BootOnce"), true), Owner::Gone,
+            Some(json!({BOOTONCE_ANNOTATION: "BootOnce"})), None, 0),
+        ("no owner: nothing", vmi(None, None, false), Owner::None, None, None, 0),
+        ("compat owner ignored in native mode", vmi(None, None, true), owner(RunStrategy::Once, true), None, None, 0),
+    ];
+    for (name, obj, own, want_ann, want_rp, ops) in rows {
+        let req = request(Kind::Vmi, Operation::Create, CONTROLLER, obj.clone(), None);
+        let v = decide(Endpoint::Mutate, &req, ctx, &own);
+        assert!(v.allowed(), "{name}");
+        assert_eq!(v.patch.len(), ops, "{name}: {:?}", v.patch);
+        let after = mutated(&obj, &v);
+        assert_eq!(
+            after["metadata"].get("annotations"),
+            want_ann.as_ref(),
+            "{name}"
+        );
+        assert_eq!(
+            after["spec"]["domain"].get("rebootPolicy"),
+            want_rp.as_ref(),
+            "{name}"
+        );
+        // Everything else is untouched.
+        assert_eq!(after["spec"]["domain"]["devices"], json!({}), "{name}");
+        assert_eq!(
+            after["metadata"]["ownerReferences"], obj["metadata"]["ownerReferences"],
+            "{name}"
+        );
+        // Reinvocation on the patched object changes nothing more.
+        let again = request(
+            Kind::Vmi,
+            Operation::Create,
+            CONTROLLER,
+            after.clone(),
+            None,
+        );
+        let v2 = decide(Endpoint::Mutate, &again, ctx, &own);
+        assert!(
+            v2.patch.is_empty(),
+            "{name}: reinvocation patched {:?}",
+            v2.patch
+        );
+        // The stamped VMI passes validation (by the controller that creates it, and by a user when owner is BootOnce).
+        let check = request(Kind::Vmi, Operation::Create, USER, after, None);
+        if matches!(own, Owner::Found(ref vm) if vm.is_bootonce(BootOnceMode::Native))
+            && name != "BootOnce owner keeps Reboot (validation denies it)"
+        {
+            assert!(
+                decide(Endpoint::Validate, &check, ctx, &own).allowed(),
+                "{name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn patch_shape_is_minimal_and_escaped() {
+    let p = policy(Mode::Enforce, BootOnceMode::Native);
+    let ctx = Context {
+        policy: &p,
+        gate: true,
+    };
+    let req = request(
+        Kind::Vmi,
+        Operation::Create,
+        CONTROLLER,
+        vmi(None, None, true),
+        None,
+    );
+    let v = decide(
+        Endpoint::Mutate,
+        &req,
+        ctx,
+        &owner(RunStrategy::BootOnce, false),
+    );
+    assert_eq!(
+        serde_json::to_value(&v.patch).unwrap(),
+        json!([
+            {"op": "add", "path": "/metadata/annotations", "value": {BOOTONCE_ANNOTATION: "BootOnce"}},
+            {"op": "add", "path": "/spec/domain/rebootPolicy", "value": "Terminate"}
+        ])
+    );
+    let mut obj = vmi(Some("Terminate"), None, true);
+    obj["metadata"]["annotations"] = json!({"a/b": "c"});
+    let req = request(Kind::Vmi, Operation::Create, CONTROLLER, obj, None);
+    let v = decide(
+        Endpoint::Mutate,
+        &req,
+        ctx,
+        &owner(RunStrategy::BootOnce, false),
+    );
+    assert_eq!(
+        serde_json::to_value(&v.patch).unwrap(),
+        json!([{"op": "add", "path": "/metadata/annotations/runstrategy.kubevirt.io", "value": "BootOnce"}])
+    );
+    let mut obj = vmi(None, Some("BootOnce"), true);
+    obj["metadata"]["annotations"]["x~y/z"] = json!("1");
+    let req = request(Kind::Vmi, Operation::Create, CONTROLLER, obj, None);
+    let v = decide(
+        Endpoint::Mutate,
+        &req,
+        ctx,
+        &owner(RunStrategy::Other, false),
+    );
+    assert_eq!(
+        serde_json::to_value(&v.patch).unwrap(),
+        json!([{"op": "remove", "path": "/metadata/annotations/runstrategy.kubevirt.io"}])
+    );
+    // JSON Pointer escaping of a key with '~' and '/'.
+    let mut b = super::patch::PatchBuilder::default();
+    b.set(&json!({"m": {}}), &["m"], "x~y/z", json!(1));
+    assert_eq!(
+        serde_json::to_value(&b.ops).unwrap(),
+        json!([{"op": "add", "path": "/m/x~0y~1z", "value": 1}])
+    );
+    // Missing parents are added in one operation.
+    let mut b = super::patch::PatchBuilder::default();
+    b.set(
+        &json!({}),
+        &["spec", "domain"],
+        "rebootPolicy",
+        json!("Terminate"),
+    );
+    assert_eq!(
+        serde_json::to_value(&b.ops).unwrap(),
+        json!([{"op": "add", "path": "/spec", "value": {"domain": {"rebootPolicy": "Terminate"}}}])
+    );
+}
+
+#[test]
+fn unreadable_owner_denies_mutation_with_retry() {
+    let p = policy(Mode::Enforce, BootOnceMode::Native);
+    let req = request(
+        Kind::Vmi,
+        Operation::Create,
+        CONTROLLER,
+        vmi(None, None, true),
+        None,
+    );
+    let v = decide(
+        Endpoint::Mutate,
+        &req,
+        Context {
+            policy: &p,
+            gate: true,
+        },
+        &Owner::Unavailable("connection refused".into()),
+    );
+    assert!(!v.allowed());
+    assert_eq!(v.causes[0].field, "metadata.ownerReferences");
+    assert!(v.causes[0].message.contains("connection refused"));
+    assert!(v.causes[0].message.contains("retry"));
+    assert!(v.patch.is_empty());
+}
+
+#[test]
+fn denial_message_joins_causes() {
+    let p = policy(Mode::Enforce, BootOnceMode::Native);
+    let req = request(
+        Kind::Vm,
+        Operation::Create,
+        USER,
+        vm(Some("bootonce"), Some(json!("x"))),
+        None,
+    );
+    let v = decide(
+        Endpoint::Validate,
+        &req,
+        Context {
+            policy: &p,
+            gate: true,
+        },
+        &Owner::None,
+    );
+    assert_eq!(v.causes.len(), 2);
+    let msg = v.message();
+    for c in &v.causes {
+        assert!(msg.contains(&format!("{}: {}", c.field, c.message)));
+    }
+    let resp = review::response("u", &v);
+    let s = serde_json::to_value(&resp).unwrap();
+    assert_eq!(s["allowed"], json!(false));
+    assert_eq!(s["status"]["code"], json!(422));
+    assert_eq!(s["status"]["reason"], json!("Invalid"));
+    assert_eq!(
+        s["status"]["details"]["causes"].as_array().unwrap().len(),
+        2
+    );
+    assert_eq!(s["status"]["details"]["causes"][0]["field"], json!(TMPL_RP));
+}

@@ -16,8 +16,14 @@ const TERMINATE_SURPRISES: [(&str, &str); 3] = [
         "RerunOnFailure",
         "a guest reboot ends the VMI as Succeeded and RerunOnFailure does not restart it",
     ),
-    ("Manual", "a guest reboot stops the VM until someone starts it again"),
-    ("Halted", "the VM is halted; when started, a guest reboot will stop it again"),
+    (
+        "Manual",
+        "a guest reboot stops the VM until someone starts it again",
+    ),
+    (
+        "Halted",
+        "the VM is halted; when started, a guest reboot will stop it again",
+    ),
 ];
 
 struct Judge<'a> {
@@ -32,7 +38,11 @@ struct Judge<'a> {
 
 impl Judge<'_> {
     fn deny(&mut self, reason: CauseReason, field: String, message: String) {
-        self.verdict.causes.push(Cause { reason, field, message });
+        self.verdict.causes.push(Cause {
+            reason,
+            field,
+            message,
+        });
     }
 
     fn warn(&mut self, message: String) {
@@ -94,11 +104,20 @@ pub(super) fn validate(
         trusted: ctx.policy.trusted.contains(&req.user_info),
         update,
         obj,
-        old: if update { req.old_object.as_ref() } else { None },
+        old: if update {
+            req.old_object.as_ref()
+        } else {
+            None
+        },
         verdict: Verdict::default(),
     };
     let layout = kind.layout();
-    let rp_path: Vec<&str> = layout.vmi_spec.iter().copied().chain(["domain", "rebootPolicy"]).collect();
+    let rp_path: Vec<&str> = layout
+        .vmi_spec
+        .iter()
+        .copied()
+        .chain(["domain", "rebootPolicy"])
+        .collect();
     let rp = get(obj, &rp_path);
 
     reboot_policy(&mut j, &rp_path, rp);
@@ -127,7 +146,9 @@ fn reboot_policy(j: &mut Judge<'_>, path: &[&str], rp: Option<&Value>) {
 /// Rule 3 (BootOnce) and the runStrategy warnings of rule 6, for VMs and pools.
 fn run_strategy(j: &mut Judge<'_>, rp_path: &[&str], rp: Option<&Value>) {
     let layout = j.kind.layout();
-    let Some(vm_spec) = layout.vm_spec else { return };
+    let Some(vm_spec) = layout.vm_spec else {
+        return;
+    };
     let rs_path: Vec<&str> = vm_spec.iter().copied().chain(["runStrategy"]).collect();
     let rs_value = get(j.obj, &rs_path);
     let rs = rs_value.and_then(Value::as_str);
@@ -176,12 +197,17 @@ fn run_strategy(j: &mut Judge<'_>, rp_path: &[&str], rp: Option<&Value>) {
             let running = |o: &Value| {
                 o.pointer("/status/created").and_then(Value::as_bool) == Some(true)
                     || o.pointer("/status/ready").and_then(Value::as_bool) == Some(true)
-                    || o.pointer("/status/printableStatus").and_then(Value::as_str) == Some("Running")
+                    || o.pointer("/status/printableStatus").and_then(Value::as_str)
+                        == Some("Running")
             };
             let rp_changed = get(old, rp_path) != rp;
             let bootonce_changed = is_bootonce(old, j.kind, j.ctx.policy.bootonce) != bootonce;
             if (running(old) || running(j.obj)) && (rp_changed || bootonce_changed) {
-                let what = if rp_changed { "rebootPolicy" } else { "the switch to or from runStrategy BootOnce" };
+                let what = if rp_changed {
+                    "rebootPolicy"
+                } else {
+                    "the switch to or from runStrategy BootOnce"
+                };
                 j.warn(format!(
                     "the VM has a running VMI: {what} takes effect at the next start; restart the VM to apply it"
                 ));
@@ -196,7 +222,10 @@ fn is_bootonce(obj: &Value, kind: Kind, mode: BootOnceMode) -> bool {
     let (Some(vm_spec), Some(vm_meta)) = (layout.vm_spec, layout.vm_meta) else {
         return false;
     };
-    match get(obj, vm_spec).and_then(|s| s.get("runStrategy")).and_then(Value::as_str) {
+    match get(obj, vm_spec)
+        .and_then(|s| s.get("runStrategy"))
+        .and_then(Value::as_str)
+    {
         Some(BOOTONCE) => true,
         Some("Once") => {
             mode == BootOnceMode::Compat
@@ -213,14 +242,23 @@ fn template_annotations(j: &mut Judge<'_>, rp: Option<&Value>) {
     // `Once` VMs; it only describes Once + Terminate, so it is harmless there.
     let compat_ok = j.ctx.policy.bootonce == BootOnceMode::Compat
         && layout.vm_spec.is_some_and(|s| {
-            get(j.obj, s).and_then(|s| s.get("runStrategy")).and_then(Value::as_str) == Some("Once")
+            get(j.obj, s)
+                .and_then(|s| s.get("runStrategy"))
+                .and_then(Value::as_str)
+                == Some("Once")
         })
         && rp.and_then(Value::as_str) != Some("Reboot");
     for meta in layout.metas {
-        let Some(value) = annotation(j.obj, meta) else { continue };
+        let Some(value) = annotation(j.obj, meta) else {
+            continue;
+        };
         let f = field(meta, &["annotations"]);
         check_annotation_value(j, &f, value);
-        let key_path: Vec<&str> = meta.iter().copied().chain(["annotations", BOOTONCE_ANNOTATION]).collect();
+        let key_path: Vec<&str> = meta
+            .iter()
+            .copied()
+            .chain(["annotations", BOOTONCE_ANNOTATION])
+            .collect();
         let set_here = !j.unchanged(&key_path, Some(value));
         if !j.trusted && set_here && !compat_ok {
             let hint = match j.ctx.policy.bootonce {
@@ -241,13 +279,21 @@ fn check_annotation_value(j: &mut Judge<'_>, field: &str, value: &Value) {
         j.deny(
             CauseReason::FieldValueNotSupported,
             field.to_owned(),
-            format!("Unsupported value: {BOOTONCE_ANNOTATION}={value}: supported values: \"BootOnce\""),
+            format!(
+                "Unsupported value: {BOOTONCE_ANNOTATION}={value}: supported values: \"BootOnce\""
+            ),
         );
     }
 }
 
 /// Rules 4 and 5 for VMIs.
-fn vmi_rules(j: &mut Judge<'_>, req: &AdmissionRequest, rp_path: &[&str], rp: Option<&Value>, owner: &Owner) {
+fn vmi_rules(
+    j: &mut Judge<'_>,
+    req: &AdmissionRequest,
+    rp_path: &[&str],
+    rp: Option<&Value>,
+    owner: &Owner,
+) {
     let value = annotation(j.obj, &["metadata"]);
     let f = field(&["metadata", "annotations"], &[]);
     if let Some(value) = value {

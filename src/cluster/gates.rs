@@ -16,12 +16,20 @@ use crate::metrics::{CacheLabels, Metrics};
 
 /// `kubevirt.io/v1` `KubeVirt`.
 pub fn kubevirt_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("kubevirt.io", "v1", "KubeVirt"), "kubevirts")
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("kubevirt.io", "v1", "KubeVirt"),
+        "kubevirts",
+    )
 }
 
 /// Starts watching KubeVirt resources in `namespace`; the returned flag
 /// follows them. `ready` is set once the first list completed.
-pub fn spawn(client: kube::Client, namespace: &str, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Arc<GateFlag> {
+pub fn spawn(
+    client: kube::Client,
+    namespace: &str,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+) -> Arc<GateFlag> {
     let flag = Arc::new(GateFlag::new(false));
     let api: Api<DynamicObject> = Api::namespaced_with(client, namespace, &kubevirt_resource());
     let out = flag.clone();
@@ -31,7 +39,10 @@ pub fn spawn(client: kube::Client, namespace: &str, metrics: Arc<Metrics>, ready
         let mut current: HashMap<String, bool> = HashMap::new();
         let mut relisting: Option<HashMap<String, bool>> = None;
         let mut said_missing = false;
-        let synced = metrics.cache_synced.get_or_create(&CacheLabels { cache: "kubevirt" }).clone();
+        let synced = metrics
+            .cache_synced
+            .get_or_create(&CacheLabels { cache: "kubevirt" })
+            .clone();
         let mut last_error = String::new();
         while let Some(event) = stream.next().await {
             let event = match event {
@@ -48,7 +59,12 @@ pub fn spawn(client: kube::Client, namespace: &str, metrics: Arc<Metrics>, ready
             last_error.clear();
             let gate_of = |o: &DynamicObject| {
                 let name = o.metadata.name.clone().unwrap_or_default();
-                (name, serde_json::to_value(o).map(|v| from_kubevirt(&v)).unwrap_or(false))
+                (
+                    name,
+                    serde_json::to_value(o)
+                        .map(|v| from_kubevirt(&v))
+                        .unwrap_or(false),
+                )
             };
             match event {
                 Event::Init => relisting = Some(HashMap::new()),
@@ -83,13 +99,19 @@ pub fn spawn(client: kube::Client, namespace: &str, metrics: Arc<Metrics>, ready
             let on = current.values().any(|v| *v);
             metrics.gate_enabled.set(on as i64);
             if out.set(on) != on {
-                tracing::info!(enabled = on, "feature gate RecreateVMIOnReboot changed (KubeVirt resource)");
+                tracing::info!(
+                    enabled = on,
+                    "feature gate RecreateVMIOnReboot changed (KubeVirt resource)"
+                );
             }
         }
     });
     flag
 }
 
-fn watcher(api: Api<DynamicObject>, config: watcher::Config) -> impl futures::Stream<Item = Result<Event<DynamicObject>, watcher::Error>> {
+fn watcher(
+    api: Api<DynamicObject>,
+    config: watcher::Config,
+) -> impl futures::Stream<Item = Result<Event<DynamicObject>, watcher::Error>> {
     watcher::watcher(api, config)
 }

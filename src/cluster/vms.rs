@@ -169,7 +169,12 @@ pub struct VmCache {
 impl VmCache {
     /// Starts one watcher over all namespaces, or one per namespace given;
     /// `ready` is set when every initial list completed.
-    pub fn spawn(client: kube::Client, namespaces: Vec<String>, metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Arc<VmCache> {
+    pub fn spawn(
+        client: kube::Client,
+        namespaces: Vec<String>,
+        metrics: Arc<Metrics>,
+        ready: Arc<AtomicBool>,
+    ) -> Arc<VmCache> {
         let cache = Arc::new(VmCache {
             client: client.clone(),
             store: RwLock::new(HashMap::new()),
@@ -201,11 +206,18 @@ impl VmCache {
         ready: Arc<AtomicBool>,
         pending: Arc<std::sync::atomic::AtomicUsize>,
     ) {
-        let mut stream = std::pin::pin!(watcher::watcher(api, watcher::Config::default()).default_backoff());
+        let mut stream =
+            std::pin::pin!(watcher::watcher(api, watcher::Config::default()).default_backoff());
         let mut generation = 0u32;
         let mut synced = false;
         let mut last_error = String::new();
-        let synced_gauge = self.metrics.cache_synced.get_or_create(&CacheLabels { cache: "virtualmachines" }).clone();
+        let synced_gauge = self
+            .metrics
+            .cache_synced
+            .get_or_create(&CacheLabels {
+                cache: "virtualmachines",
+            })
+            .clone();
         while let Some(event) = stream.next().await {
             match event {
                 Ok(Event::Init) => {
@@ -245,7 +257,10 @@ impl VmCache {
     }
 
     fn upsert(&self, vm: &LeanVm, generation: u32) {
-        let (Some(ns), Some(name)) = (vm.metadata.namespace.as_deref(), vm.metadata.name.as_deref()) else {
+        let (Some(ns), Some(name)) = (
+            vm.metadata.namespace.as_deref(),
+            vm.metadata.name.as_deref(),
+        ) else {
             return;
         };
         let info = vm.info();
@@ -268,7 +283,10 @@ impl VmCache {
     }
 
     fn remove(&self, vm: &LeanVm) {
-        let (Some(ns), Some(name)) = (vm.metadata.namespace.as_deref(), vm.metadata.name.as_deref()) else {
+        let (Some(ns), Some(name)) = (
+            vm.metadata.namespace.as_deref(),
+            vm.metadata.name.as_deref(),
+        ) else {
             return;
         };
         let mut store = self.write();
@@ -325,7 +343,11 @@ impl VmCache {
 }
 
 impl VmSource for VmCache {
-    fn get<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<Option<VmInfo>, LookupError>> {
+    fn get<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<VmInfo>, LookupError>> {
         if let Some(vm) = self.cached(namespace, name) {
             self.metrics.lookup("cache");
             return Box::pin(std::future::ready(Ok(Some(vm))));
