@@ -99,6 +99,9 @@ pub struct ServeArgs {
     /// Read VirtualMachines from the YAML/JSON files in DIR instead of the API.
     #[arg(long, env = "REBOOT_WEBHOOK_OBJECTS")]
     pub objects: Option<PathBuf>,
+    /// Kubeconfig for cluster mode; default: in-cluster, then KUBECONFIG, then ~/.kube/config.
+    #[arg(long, env = "REBOOT_WEBHOOK_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
     /// Namespaces whose VirtualMachines are cached (repeatable); default all.
     #[arg(
         long = "watch-namespace",

@@ -120,7 +120,7 @@ pub async fn start(
     let needs_cluster = args.feature_gates.is_none() || args.objects.is_none();
     let client = if needs_cluster {
         Some(
-            cluster::client()
+            cluster::client(args.kubeconfig.as_deref())
                 .await
                 .context("no --feature-gates/--objects given, so a Kubernetes API is needed")?,
         )

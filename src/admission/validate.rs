@@ -334,7 +334,7 @@ fn vmi_rules(
                 j.deny(
                     CauseReason::FieldValueForbidden,
                     f,
-                    format!("Forbidden: the annotation {BOOTONCE_ANNOTATION} cannot be {what} on a running VMI; it follows the VirtualMachine's runStrategy"),
+                    format!("Forbidden: the annotation {BOOTONCE_ANNOTATION} cannot be {what} on an existing VMI; it follows the VirtualMachine's runStrategy"),
                 );
             }
             let old_rp = j.old.and_then(|o| get(o, rp_path));

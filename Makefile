@@ -1,0 +1,61 @@
+# kubevirt-reboot-webhook — developer entry points. `make help` lists them.
+
+BIN        := kubevirt-reboot-webhook
+CARGO      ?= cargo
+CERTS_DIR  ?= certs
+LISTEN     ?= 127.0.0.1:8443
+METRICS    ?= 127.0.0.1:8080
+IMAGE      ?= kubevirt-reboot-webhook:latest
+NAMESPACE  ?= kubevirt-reboot-webhook
+KUBECTL    ?= kubectl
+
+.PHONY: help run test lint certs build release manifests deploy undeploy bench bench-scale fuzz clean
+
+help: ## Show this help
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(CERTS_DIR)/tls.crt:
+	$(CARGO) run --quiet -- certs --out $(CERTS_DIR)
+
+certs: ## Make a development CA and serving certificate in certs/ (kept if present)
+	@$(MAKE) --no-print-directory $(CERTS_DIR)/tls.crt
+
+run: $(CERTS_DIR)/tls.crt ## Serve on 127.0.0.1:8443 with the gate on and examples/ as VM source
+	$(CARGO) run --quiet -- serve \
+	  --listen $(LISTEN) --metrics-listen $(METRICS) \
+	  --tls-cert $(CERTS_DIR)/tls.crt --tls-key $(CERTS_DIR)/tls.key \
+	  --feature-gates RecreateVMIOnReboot --objects examples
+
+test: ## Run every test (unit, integration, manifests)
+	$(CARGO) test --locked
+
+lint: ## clippy and rustfmt, as CI wants them
+	$(CARGO) fmt --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+build: ## Debug build
+	$(CARGO) build --locked
+
+release: ## Optimised build
+	$(CARGO) build --locked --release --bin $(BIN)
+
+manifests: ## Render manifests/ (needs kubectl)
+	$(KUBECTL) kustomize manifests
+
+deploy: $(CERTS_DIR)/tls.crt ## Development install: TLS secret from certs/, caBundle filled in
+	$(CARGO) run --quiet -- certs --out $(CERTS_DIR) \
+	  --host $(BIN).$(NAMESPACE).svc --host $(BIN).$(NAMESPACE).svc.cluster.local --host localhost
+	$(KUBECTL) apply -f manifests/namespace.yaml
+	$(KUBECTL) -n $(NAMESPACE) create secret tls $(BIN)-tls \
+	  --cert=$(CERTS_DIR)/tls.crt --key=$(CERTS_DIR)/tls.key --dry-run=client -o yaml | $(KUBECTL) apply -f -
+	$(KUBECTL) kustomize manifests | \
+	  sed "s|caBundle: \"\"|caBundle: $$(base64 -w0 < $(CERTS_DIR)/ca.crt)|" | $(KUBECTL) apply -f -
+	$(KUBECTL) -n $(NAMESPACE) rollout status deployment/$(BIN) --timeout=120s
+
+undeploy: ## Remove the webhook configurations first, then everything else
+	-$(KUBECTL) delete mutatingwebhookconfiguration,validatingwebhookconfiguration -l app.kubernetes.io/name=$(BIN)
+	-$(KUBECTL) kustomize manifests | $(KUBECTL) delete --ignore-not-found -f -
+
+clean: ## Remove build output and generated certificates
+	$(CARGO) clean
+	rm -f $(CERTS_DIR)/*.crt $(CERTS_DIR)/*.key

@@ -1,0 +1,152 @@
+//! Shared by the integration tests: certificates, an in-process server with
+//! real TLS on a free loopback port, and an HTTPS client that trusts it.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use kubevirt_reboot_webhook::cli::{Cli, Command, ServeArgs};
+use kubevirt_reboot_webhook::serve::{self, Started};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+/// Development certificates written into a temporary directory.
+pub struct Certs {
+    pub dir: tempfile::TempDir,
+    pub ca_pem: String,
+}
+
+impl Certs {
+    pub fn new() -> Certs {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let hosts = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        kubevirt_reboot_webhook::certs::write(dir.path(), &hosts).expect("certs");
+        let ca_pem = std::fs::read_to_string(dir.path().join("ca.crt")).expect("ca");
+        Certs { dir, ca_pem }
+    }
+    pub fn cert(&self) -> PathBuf {
+        self.dir.path().join("tls.crt")
+    }
+    pub fn key(&self) -> PathBuf {
+        self.dir.path().join("tls.key")
+    }
+}
+
+/// The repository's `tests/fixtures` directory.
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+pub fn read_json(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A server started in-process; stops (SIGTERM-like) when dropped.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    pub certs: Certs,
+    pub client: reqwest::Client,
+    pub started: Started,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl TestServer {
+    /// Starts `serve` with these extra flags (TLS and ports are filled in).
+    pub async fn start(extra: &[&str]) -> TestServer {
+        Self::start_with_certs(Certs::new(), extra).await
+    }
+
+    pub async fn start_with_certs(certs: Certs, extra: &[&str]) -> TestServer {
+        let cert = certs.cert();
+        let key = certs.key();
+        let mut argv: Vec<String> = vec![
+            "kubevirt-reboot-webhook".into(),
+            "serve".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--metrics-listen".into(),
+            "127.0.0.1:0".into(),
+            "--tls-cert".into(),
+            cert.display().to_string(),
+            "--tls-key".into(),
+            key.display().to_string(),
+            "--shutdown-delay".into(),
+            "0s".into(),
+            "--cert-reload-interval".into(),
+            "200ms".into(),
+        ];
+        argv.extend(extra.iter().map(|s| s.to_string()));
+        let Command::Serve(args) = Cli::parse_from(argv).command else {
+            unreachable!()
+        };
+        let (tx, rx) = oneshot::channel::<()>();
+        let started = serve::start(*args_box(args), async move {
+            let _ = rx.await;
+        })
+        .await
+        .expect("server starts");
+        let client = client(&certs.ca_pem, false);
+        TestServer {
+            addr: started.addr,
+            metrics_addr: started.metrics_addr,
+            certs,
+            client,
+            started,
+            stop: Some(tx),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.addr.port())
+    }
+
+    pub fn metrics_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.metrics_addr)
+    }
+
+    /// POSTs a JSON body; returns the status and the JSON answer.
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let resp = self
+            .client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn get_text(&self, url: &str) -> (u16, String) {
+        let resp = reqwest::get(url).await.expect("get");
+        (resp.status().as_u16(), resp.text().await.expect("text"))
+    }
+
+    /// Triggers graceful shutdown and waits for the server to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.started.task).await;
+    }
+}
+
+fn args_box(a: Box<ServeArgs>) -> Box<ServeArgs> {
+    a
+}
+
+/// An HTTPS client trusting `ca_pem`; `http1` forces HTTP/1.1, else ALPN picks h2.
+pub fn client(ca_pem: &str, http1: bool) -> reqwest::Client {
+    let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("ca pem");
+    let b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca);
+    let b = if http1 { b.http1_only() } else { b };
+    b.build().expect("client")
+}
