@@ -56,6 +56,15 @@ undeploy: ## Remove the webhook configurations first, then everything else
 	-$(KUBECTL) delete mutatingwebhookconfiguration,validatingwebhookconfiguration -l app.kubernetes.io/name=$(BIN)
 	-$(KUBECTL) kustomize manifests | $(KUBECTL) delete --ignore-not-found -f -
 
+bench: ## Load benchmark over loopback TLS against the floor server, plus decision micro-benchmarks
+	$(MAKE) --no-print-directory -C bench run
+
+bench-scale: ## VM cache at 10,000 and 100,000 VMs against the fake API server
+	$(CARGO) test --locked --release --test scale -- --ignored --nocapture --test-threads 1
+
+fuzz: ## Fuzz request decoding and the decisions for a bounded time (FUZZ_SECONDS, default 60)
+	$(MAKE) --no-print-directory -C fuzz run
+
 clean: ## Remove build output and generated certificates
 	$(CARGO) clean
 	rm -f $(CERTS_DIR)/*.crt $(CERTS_DIR)/*.key
