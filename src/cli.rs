@@ -134,6 +134,13 @@ pub struct ServeArgs {
         default_value_t = 256
     )]
     pub max_concurrent_requests: usize,
+    /// Open client connections at most; more wait in the kernel's accept queue.
+    #[arg(long, env = "REBOOT_WEBHOOK_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Time a client has to send the request headers (HTTP/1.1) and to finish
+    /// the TLS handshake.
+    #[arg(long, env = "REBOOT_WEBHOOK_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub header_read_timeout: Duration,
     /// How often the TLS files are checked for changes.
     #[arg(long, env = "REBOOT_WEBHOOK_CERT_RELOAD_INTERVAL", default_value = "1s", value_parser = duration)]
     pub cert_reload_interval: Duration,

@@ -167,6 +167,9 @@ pub async fn start(
     });
     let limits = Limits {
         max_concurrent: args.max_concurrent_requests,
+        max_connections: args.max_connections,
+        header_read_timeout: args.header_read_timeout,
+        handshake_timeout: args.header_read_timeout,
         ..Limits::default()
     };
     let state = AppState::new(webhook, readiness, limits);

@@ -60,8 +60,17 @@ impl TestServer {
     }
 
     pub async fn start_with_certs(certs: Certs, extra: &[&str]) -> TestServer {
-        let cert = certs.cert();
-        let key = certs.key();
+        let (cert, key) = (certs.cert(), certs.key());
+        Self::start_with_files(certs, &cert, &key, extra).await
+    }
+
+    /// Serves `cert`/`key` instead of the pair in `certs` (whose CA the client trusts).
+    pub async fn start_with_files(
+        certs: Certs,
+        cert: &Path,
+        key: &Path,
+        extra: &[&str],
+    ) -> TestServer {
         let mut argv: Vec<String> = vec![
             "kubevirt-reboot-webhook".into(),
             "serve".into(),
@@ -119,7 +128,10 @@ impl TestServer {
             .expect("request");
         let status = resp.status().as_u16();
         let text = resp.text().await.expect("body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     pub async fn get_text(&self, url: &str) -> (u16, String) {

@@ -1,0 +1,801 @@
+//! Operating the webhook: certificate rotation (in place and by symlink
+//! swap), chains, mTLS, graceful shutdown on SIGTERM, limits and deadlines,
+//! metrics and structured logs.
+
+mod support;
+
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::{json, Value};
+use support::{fixtures, read_json, Certs, TestServer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn review() -> Value {
+    read_json(&fixtures().join("gate-on/02-vm-lowercase-terminate.validate.json"))
+}
+
+fn standalone_flags() -> Vec<String> {
+    vec![
+        "--feature-gates".into(),
+        "RecreateVMIOnReboot".into(),
+        "--objects".into(),
+        fixtures().join("objects").display().to_string(),
+    ]
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// A CA and a way to issue leaves (and intermediates) from it.
+struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, name);
+        Ca {
+            issuer: CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap(),
+        }
+    }
+    fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+    fn intermediate(&self, name: &str) -> Ca {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, name);
+        Ca {
+            issuer: CertifiedIssuer::signed_by(p, KeyPair::generate().unwrap(), &self.issuer)
+                .unwrap(),
+        }
+    }
+    /// (certificate PEM, key PEM) for `cn` with SANs localhost/127.0.0.1.
+    fn leaf(&self, cn: &str) -> (String, String) {
+        let mut p =
+            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// The DER of the leaf certificate the server presents to a new connection.
+async fn served_leaf(addr: std::net::SocketAddr, roots_pem: &[&str]) -> Vec<u8> {
+    let mut roots = rustls::RootCertStore::empty();
+    for pem in roots_pem {
+        for c in rustls::pki_types::pem::PemObject::pem_slice_iter(pem.as_bytes()) {
+            let c: CertificateDer<'static> = c.unwrap();
+            roots.add(c).unwrap();
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("handshake");
+    tls.get_ref().1.peer_certificates().unwrap()[0]
+        .as_ref()
+        .to_vec()
+}
+
+fn der_of(pem: &str) -> Vec<u8> {
+    let c: CertificateDer<'static> =
+        rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes()).unwrap();
+    c.as_ref().to_vec()
+}
+
+fn client_trusting(roots: &[&str]) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false);
+    for r in roots {
+        b = b.add_root_certificate(reqwest::Certificate::from_pem(r.as_bytes()).unwrap());
+    }
+    b.build().unwrap()
+}
+
+/// Posts the review in a loop on fresh and reused connections; counts failures.
+fn request_stream(
+    url: String,
+    roots: Vec<String>,
+    stop: Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<(usize, usize)> {
+    tokio::spawn(async move {
+        let roots: Vec<&str> = roots.iter().map(String::as_str).collect();
+        let reused = client_trusting(&roots);
+        let body = review().to_string();
+        let (mut ok, mut failed) = (0, 0);
+        let mut i = 0usize;
+        while stop.load(Ordering::SeqCst) == 0 {
+            i += 1;
+            // Every other request on a brand-new connection, so handshakes happen mid-rotation.
+            let client = if i % 2 == 0 {
+                client_trusting(&roots)
+            } else {
+                reused.clone()
+            };
+            let r = client
+                .post(&url)
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+                .await;
+            match r {
+                Ok(resp) if resp.status() == 200 => ok += 1,
+                _ => failed += 1,
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        (ok, failed)
+    })
+}
+
+async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !f().await {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Kubernetes Secret volume layout: `..data -> ..<ts>/`, `tls.crt -> ..data/tls.crt`.
+fn secret_volume_write(dir: &Path, generation: u32, cert: &str, key: &str) {
+    let ts = dir.join(format!("..2026_11_25_{generation:02}"));
+    std::fs::create_dir_all(&ts).unwrap();
+    std::fs::write(ts.join("tls.crt"), cert).unwrap();
+    std::fs::write(ts.join("tls.key"), key).unwrap();
+    let tmp = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(ts.file_name().unwrap(), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    for f in ["tls.crt", "tls.key"] {
+        let link = dir.join(f);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(Path::new("..data").join(f), &link).unwrap();
+        }
+    }
+}
+
+async fn start_with_files(cert: &Path, key: &Path, extra: &[&str]) -> TestServer {
+    TestServer::start_with_files(Certs::new(), cert, key, extra).await
+}
+
+#[tokio::test]
+async fn certificate_rotation_in_place_and_by_symlink_swap() {
+    let old_ca = Ca::new("old CA");
+    let new_ca = Ca::new("new CA");
+    let roots = vec![old_ca.pem(), new_ca.pem()];
+    let flags = standalone_flags();
+
+    for layout in ["in-place", "symlink-swap"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (c1, k1) = old_ca.leaf("localhost");
+        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+        if layout == "in-place" {
+            std::fs::write(&cert, &c1).unwrap();
+            std::fs::write(&key, &k1).unwrap();
+        } else {
+            secret_volume_write(dir.path(), 1, &c1, &k1);
+        }
+        let server = start_with_files(&cert, &key, &strs(&flags)).await;
+        let root_refs: Vec<&str> = roots.iter().map(String::as_str).collect();
+        assert_eq!(
+            served_leaf(server.addr, &root_refs).await,
+            der_of(&c1),
+            "{layout}: initial"
+        );
+
+        let stop = Arc::new(AtomicUsize::new(0));
+        let stream = request_stream(server.url("/validate"), roots.clone(), stop.clone());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        // A mismatched pair (new cert, old key) is refused; the old one stays.
+        let (c2, k2) = new_ca.leaf("localhost");
+        if layout == "in-place" {
+            std::fs::write(&cert, &c2).unwrap();
+        } else {
+            secret_volume_write(dir.path(), 2, &c2, &k1);
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert_eq!(
+            served_leaf(server.addr, &root_refs).await,
+            der_of(&c1),
+            "{layout}: mismatched pair must keep the old certificate"
+        );
+        let (_, metrics) = server.get_text(&server.metrics_url("/metrics")).await;
+        assert!(
+            metrics.contains("kubevirt_reboot_webhook_errors_total{class=\"certificate_reload\"}"),
+            "{layout}: {metrics}"
+        );
+
+        // Completing the pair rotates.
+        if layout == "in-place" {
+            std::fs::write(&key, &k2).unwrap();
+        } else {
+            secret_volume_write(dir.path(), 3, &c2, &k2);
+        }
+        let addr = server.addr;
+        let want = der_of(&c2);
+        wait_until(
+            &format!("{layout}: new certificate served"),
+            Duration::from_secs(5),
+            || {
+                let roots = root_refs.clone();
+                let want = want.clone();
+                async move { served_leaf(addr, &roots).await == want }
+            },
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.store(1, Ordering::SeqCst);
+        let (ok, failed) = stream.await.unwrap();
+        assert_eq!(
+            failed, 0,
+            "{layout}: {failed} failed requests during rotation ({ok} ok)"
+        );
+        assert!(ok > 20, "{layout}: the stream ran ({ok} requests)");
+
+        // The expiry metric follows the new certificate.
+        let (_, parsed) = x509_parser::parse_x509_certificate(&want).unwrap();
+        let not_after = parsed.validity().not_after.timestamp();
+        let (_, metrics) = server.get_text(&server.metrics_url("/metrics")).await;
+        let line = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("kubevirt_reboot_webhook_certificate_expiry_timestamp_seconds ")
+            })
+            .expect("expiry metric");
+        let value: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert_eq!(value as i64, not_after, "{layout}");
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn certificate_chain_with_intermediate() {
+    let root = Ca::new("root");
+    let inter = root.intermediate("intermediate");
+    let (leaf, key) = inter.leaf("localhost");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert_path, format!("{leaf}{}", inter.pem())).unwrap();
+    std::fs::write(&key_path, key).unwrap();
+    let flags = standalone_flags();
+    let server = start_with_files(&cert_path, &key_path, &strs(&flags)).await;
+    // The client trusts only the root: the served intermediate completes the chain.
+    let client = client_trusting(&[&root.pem()]);
+    let resp = client
+        .post(server.url("/validate"))
+        .header("content-type", "application/json")
+        .body(review().to_string())
+        .send()
+        .await
+        .expect("chain verifies");
+    assert_eq!(resp.status(), 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn mutual_tls_with_client_name_allow_list() {
+    let client_ca = Ca::new("client CA");
+    let other_ca = Ca::new("unrelated CA");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_path = dir.path().join("client-ca.crt");
+    std::fs::write(&ca_path, client_ca.pem()).unwrap();
+    let mut flags = standalone_flags();
+    flags.extend([
+        "--client-ca".into(),
+        ca_path.display().to_string(),
+        "--client-name".into(),
+        "kube-apiserver".into(),
+    ]);
+    let server = TestServer::start(&strs(&flags)).await;
+    let body = review().to_string();
+    let post = |identity: Option<(String, String)>| {
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(server.certs.ca_pem.as_bytes()).unwrap(),
+            );
+        if let Some((cert, key)) = identity {
+            b = b.identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap());
+        }
+        let client = b.build().unwrap();
+        let url = server.url("/validate");
+        let body = body.clone();
+        async move {
+            client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    };
+    assert!(
+        post(None).await.is_err(),
+        "no client certificate: refused at the handshake"
+    );
+    assert!(
+        post(Some(other_ca.leaf("kube-apiserver"))).await.is_err(),
+        "certificate from another CA: refused"
+    );
+    assert!(
+        post(Some(client_ca.leaf("someone-else"))).await.is_err(),
+        "name not on the allow-list: refused"
+    );
+    assert_eq!(
+        post(Some(client_ca.leaf("kube-apiserver"))).await.unwrap(),
+        200,
+        "allowed client name"
+    );
+    server.stop().await;
+
+    // Without --client-name, any certificate from the CA is accepted.
+    let mut flags = standalone_flags();
+    flags.extend(["--client-ca".into(), ca_path.display().to_string()]);
+    let server = TestServer::start(&strs(&flags)).await;
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(server.certs.ca_pem.as_bytes()).unwrap(),
+        )
+        .identity({
+            let (c, k) = client_ca.leaf("anyone");
+            reqwest::Identity::from_pem(format!("{c}{k}").as_bytes()).unwrap()
+        })
+        .build()
+        .unwrap();
+    let status = client
+        .post(server.url("/validate"))
+        .header("content-type", "application/json")
+        .body(review().to_string())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    server.stop().await;
+}
+
+/// A raw TLS HTTP/1.1 connection to send requests slowly.
+async fn raw_tls(
+    addr: std::net::SocketAddr,
+    ca_pem: &str,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::pem::PemObject::pem_slice_iter(ca_pem.as_bytes()) {
+        let c: CertificateDer<'static> = c.unwrap();
+        roots.add(c).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// Sends headers and half the body, waits `pause`, sends the rest; returns
+/// the status code and body of the answer.
+async fn slow_request(
+    addr: std::net::SocketAddr,
+    ca_pem: &str,
+    query: &str,
+    body: String,
+    pause: Duration,
+) -> std::io::Result<(u16, String)> {
+    let mut s = raw_tls(addr, ca_pem).await;
+    let head = format!(
+        "POST /validate{query} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await?;
+    let (a, b) = body.as_bytes().split_at(body.len() / 2);
+    s.write_all(a).await?;
+    s.flush().await?;
+    tokio::time::sleep(pause).await;
+    // The server may already have answered (deadline); a failed write is fine then.
+    let _ = s.write_all(b).await;
+    let _ = s.flush().await;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out).await;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no HTTP response: {text:?}")))?;
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    Ok((status, body))
+}
+
+#[tokio::test]
+async fn deadline_from_the_api_server_timeout_is_honoured() {
+    let flags = standalone_flags();
+    let server = TestServer::start(&strs(&flags)).await;
+    // Half a body, then silence: the answer must come before the API server's 1 s.
+    let body = review().to_string();
+    let mut s = raw_tls(server.addr, &server.certs.ca_pem).await;
+    let head = format!(
+        "POST /validate?timeout=1s HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&body.as_bytes()[..body.len() / 2])
+        .await
+        .unwrap();
+    s.flush().await.unwrap();
+    let start = Instant::now();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf))
+        .await
+        .expect("answered")
+        .unwrap();
+    let took = start.elapsed();
+    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        took < Duration::from_secs(1),
+        "answered after {took:?}, past the API server's 1s timeout"
+    );
+    assert!(text.contains("deadline"), "{text}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn concurrency_limit_applies_back_pressure_then_recovers() {
+    let mut flags = standalone_flags();
+    flags.extend(["--max-concurrent-requests".into(), "1".into()]);
+    let server = TestServer::start(&strs(&flags)).await;
+    let (addr, ca) = (server.addr, server.certs.ca_pem.clone());
+    let body = review().to_string();
+    // A holds the only slot for 1.5 s while its body trickles in.
+    let a = tokio::spawn({
+        let (ca, body) = (ca.clone(), body.clone());
+        async move { slow_request(addr, &ca, "?timeout=10s", body, Duration::from_millis(1500)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // B waits for a slot until its own deadline, then gets a clear 503.
+    let start = Instant::now();
+    let resp = server
+        .client
+        .post(server.url("/validate?timeout=1s"))
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    assert!(start.elapsed() < Duration::from_secs(1));
+    assert!(resp.text().await.unwrap().contains("concurrency limit"));
+    let (status, a_body) = a.await.unwrap().unwrap();
+    assert_eq!(status, 200, "{a_body}");
+    // And a waiting request is served once the slot frees up.
+    let (status, _) = server.post("/validate", &review()).await;
+    assert_eq!(status, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn slow_headers_and_silent_handshakes_are_cut_off() {
+    let mut flags = standalone_flags();
+    flags.extend(["--header-read-timeout".into(), "1s".into()]);
+    let server = TestServer::start(&strs(&flags)).await;
+    // Headers never finished.
+    let mut s = raw_tls(server.addr, &server.certs.ca_pem).await;
+    s.write_all(b"POST /validate HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+        .await
+        .expect("server closes the connection");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "closed after {:?}",
+        start.elapsed()
+    );
+    // A TCP connection that never starts TLS.
+    let mut tcp = TcpStream::connect(server.addr).await.unwrap();
+    let start = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+        .await
+        .expect("server closes the connection");
+    assert!(matches!(n, Ok(0) | Err(_)));
+    assert!(start.elapsed() < Duration::from_secs(3));
+    // The server is still fine.
+    let (status, _) = server.post("/validate", &review()).await;
+    assert_eq!(status, 200);
+    let (_, metrics) = server.get_text(&server.metrics_url("/metrics")).await;
+    assert!(
+        metrics.contains("kubevirt_reboot_webhook_errors_total{class=\"tls_handshake\"} 1"),
+        "{metrics}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_labels() {
+    let flags = standalone_flags();
+    let server = TestServer::start(&strs(&flags)).await;
+    let (_, _) = server.post("/validate", &review()).await;
+    let (_, _) = server.post("/validate", &review()).await;
+    let mutate = read_json(&fixtures().join("gate-on/08-vmi-create-bootonce-owner.mutate.json"));
+    let (_, _) = server.post("/mutate", &mutate).await;
+    let warn = read_json(&fixtures().join("gate-on/05-vm-terminate-rerunonfailure.validate.json"));
+    let (_, _) = server.post("/validate", &warn).await;
+    let (_, _) = server.post("/validate", &json!({"not": "a review"})).await;
+    let (status, m) = server.get_text(&server.metrics_url("/metrics")).await;
+    assert_eq!(status, 200);
+    for want in [
+        r#"kubevirt_reboot_webhook_requests_total{endpoint="validate",kind="VirtualMachine",operation="CREATE",allowed="false",mutated="false",warned="false"} 2"#,
+        r#"kubevirt_reboot_webhook_requests_total{endpoint="mutate",kind="VirtualMachineInstance",operation="CREATE",allowed="true",mutated="true",warned="false"} 1"#,
+        r#"kubevirt_reboot_webhook_requests_total{endpoint="validate",kind="VirtualMachine",operation="CREATE",allowed="true",mutated="false",warned="true"} 1"#,
+        r#"kubevirt_reboot_webhook_errors_total{class="bad_request"} 1"#,
+        r#"kubevirt_reboot_webhook_request_duration_seconds_count{endpoint="validate"} 3"#,
+        "kubevirt_reboot_webhook_vm_cache_objects ",
+        "kubevirt_reboot_webhook_feature_gate_enabled 1",
+        "kubevirt_reboot_webhook_certificate_expiry_timestamp_seconds ",
+        "kubevirt_reboot_webhook_requests_in_flight 0",
+    ] {
+        assert!(m.contains(want), "metrics lack {want}\n{m}");
+    }
+    server.stop().await;
+}
+
+/// The real binary, for signals and logs.
+struct Proc {
+    child: Child,
+    port: u16,
+    metrics_port: u16,
+    certs: Certs,
+    stderr: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Proc {
+    fn spawn(extra: &[&str]) -> Proc {
+        let certs = Certs::new();
+        let (port, metrics_port) = (free_port(), free_port());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kubevirt-reboot-webhook"))
+            .arg("serve")
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+            .arg("--tls-cert")
+            .arg(certs.cert())
+            .arg("--tls-key")
+            .arg(certs.key())
+            .args(["--log-format", "json"])
+            .args(strs(&standalone_flags()))
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let lines = stderr.clone();
+        let pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(l);
+            }
+        });
+        Proc {
+            child,
+            port,
+            metrics_port,
+            certs,
+            stderr,
+        }
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    async fn ready(&self) {
+        let url = format!("http://127.0.0.1:{}/readyz", self.metrics_port);
+        wait_until("server ready", Duration::from_secs(10), || {
+            let url = url.clone();
+            async move { matches!(reqwest::get(&url).await, Ok(r) if r.status() == 200) }
+        })
+        .await;
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    fn logs(&self) -> Vec<Value> {
+        self.stderr
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_and_drops_none() {
+    let mut p = Proc::spawn(&["--shutdown-delay", "1s", "--drain-timeout", "10s"]);
+    p.ready().await;
+    let (addr, ca) = (p.addr(), p.certs.ca_pem.clone());
+    // Slow requests whose bodies finish well after the signal (and after the delay).
+    let mut slow = Vec::new();
+    for i in 0..5u64 {
+        let mut r = review();
+        r["request"]["uid"] = json!(format!("slow-{i}"));
+        let ca = ca.clone();
+        slow.push(tokio::spawn(async move {
+            slow_request(
+                addr,
+                &ca,
+                "?timeout=10s",
+                r.to_string(),
+                Duration::from_millis(1800 + 100 * i),
+            )
+            .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.signal("TERM");
+    let readyz = format!("http://127.0.0.1:{}/readyz", p.metrics_port);
+    let start = Instant::now();
+    wait_until(
+        "readiness fails after SIGTERM",
+        Duration::from_millis(500),
+        || {
+            let u = readyz.clone();
+            async move { matches!(reqwest::get(&u).await, Ok(r) if r.status() == 503) }
+        },
+    )
+    .await;
+    let text = reqwest::get(&readyz).await.unwrap().text().await.unwrap();
+    assert!(text.contains("shutting down"), "{text}");
+    // During the delay, new requests are still served.
+    let client = support::client(&ca, false);
+    let resp = client
+        .post(format!("https://localhost:{}/validate", p.port))
+        .header("content-type", "application/json")
+        .body(review().to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(start.elapsed() < Duration::from_secs(1));
+    // Every accepted slow request completes with its own verdict.
+    for (i, h) in slow.into_iter().enumerate() {
+        let (status, body) = h.await.unwrap().expect("in-flight request answered");
+        assert_eq!(status, 200, "slow-{i}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["response"]["uid"], format!("slow-{i}"));
+    }
+    let status = wait_exit(&mut p.child, Duration::from_secs(10)).expect("exits after draining");
+    assert!(status.success(), "{status:?}");
+    // After the delay the listener is closed.
+    assert!(
+        TcpStream::connect(addr).await.is_err(),
+        "still accepting after shutdown"
+    );
+    // Structured logs: the denial was logged at info with uid, kind, object and user.
+    let logs = p.logs();
+    let denial = logs
+        .iter()
+        .find(|l| l["message"] == "denied" && l["uid"] == "slow-0")
+        .unwrap_or_else(|| panic!("no denial log: {logs:#?}"));
+    assert_eq!(denial["level"], "INFO");
+    assert_eq!(denial["kind"], "VirtualMachine");
+    assert_eq!(denial["object"], "default/web");
+    assert_eq!(denial["user"], "alice");
+    assert!(denial["reason"]
+        .as_str()
+        .unwrap()
+        .contains("Unsupported value"));
+}
+
+#[tokio::test]
+async fn second_signal_exits_immediately() {
+    let mut p = Proc::spawn(&["--shutdown-delay", "30s"]);
+    p.ready().await;
+    p.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        p.child.try_wait().unwrap().is_none(),
+        "still serving during the delay"
+    );
+    let start = Instant::now();
+    p.signal("TERM");
+    let status =
+        wait_exit(&mut p.child, Duration::from_secs(3)).expect("second signal exits at once");
+    assert!(start.elapsed() < Duration::from_secs(2));
+    assert_eq!(status.code(), Some(130));
+}
+
+#[tokio::test]
+async fn bad_input_is_logged_at_warn() {
+    let p = Proc::spawn(&[]);
+    p.ready().await;
+    let client = support::client(&p.certs.ca_pem, false);
+    let resp = client
+        .post(format!("https://localhost:{}/validate", p.port))
+        .header("content-type", "application/json")
+        .body("{]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let logs = p.logs();
+    assert!(
+        logs.iter()
+            .any(|l| l["level"] == "WARN" && l["message"] == "bad admission request"),
+        "{logs:#?}"
+    );
+}
