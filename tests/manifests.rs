@@ -1084,6 +1084,21 @@ fn check_webhooks(p: &mut Vec<String>, objs: &[Value], variant: Variant) {
                     "{name}: rules must name resources"
                 );
             }
+            // `make deploy` replaces the empty caBundle placeholder with the
+            // dev CA; with cert-manager the field belongs to cainjector.
+            if variant == Variant::CertManager {
+                ensure!(
+                    p,
+                    w["clientConfig"]["caBundle"].is_null(),
+                    "{name}: caBundle must be absent with cert-manager (cainjector owns it)"
+                );
+            } else {
+                ensure!(
+                    p,
+                    w["clientConfig"]["caBundle"] == "",
+                    "{name}: caBundle placeholder \"\" for make deploy missing"
+                );
+            }
             if path == "/mutate" {
                 ensure!(
                     p,
@@ -1362,6 +1377,16 @@ const BREAKAGES: &[Breakage] = &[
         "webhook service",
         |o| webhook(o, M)["clientConfig"]["service"]["name"] = "other".into(),
         "must call Service",
+    ),
+    (
+        "caBundle",
+        |o| {
+            webhook(o, M)["clientConfig"]
+                .as_object_mut()
+                .expect("clientConfig")
+                .remove("caBundle");
+        },
+        "caBundle placeholder",
     ),
     (
         "sideEffects",
@@ -1660,6 +1685,10 @@ fn cert_manager_checks_catch_missing_injection() {
         problems.contains("ValidatingWebhookConfiguration lacks cert-manager.io/inject-ca-from"),
         "{problems}"
     );
+    let mut objs = good.clone();
+    webhook(&mut objs, M)["clientConfig"]["caBundle"] = "".into();
+    let problems = check(&objs, Variant::CertManager).join("\n");
+    assert!(problems.contains("caBundle must be absent"), "{problems}");
     let mut objs = good;
     find_mut(&mut objs, "Certificate")["spec"]["secretName"] = "other".into();
     let problems = check(&objs, Variant::CertManager).join("\n");
