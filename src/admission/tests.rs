@@ -817,3 +817,272 @@ fn denial_message_joins_causes() {
     );
     assert_eq!(s["status"]["details"]["causes"][0]["field"], json!(TMPL_RP));
 }
+
+// ---- BootOnce compat mode (stock KubeVirt) ----
+
+fn compat() -> Policy {
+    policy(Mode::Enforce, BootOnceMode::Compat)
+}
+
+/// The VM as compat mode stores a BootOnce VM.
+fn stored_compat_vm() -> Value {
+    let mut v = vm(Some("Once"), Some(json!("Terminate")));
+    v["metadata"]["annotations"] = json!({ BOOTONCE_ANNOTATION: "BootOnce" });
+    v["spec"]["template"]["metadata"]["annotations"] = json!({ BOOTONCE_ANNOTATION: "BootOnce" });
+    v
+}
+
+fn mutate_then_validate(
+    p: &Policy,
+    req: &AdmissionRequest,
+    gate: bool,
+) -> (Value, Verdict, Verdict) {
+    let ctx = Context { policy: p, gate };
+    let m = decide(Endpoint::Mutate, req, ctx, &Owner::None);
+    let after = mutated(req.object.as_ref().unwrap(), &m);
+    let mut req2 = req.clone();
+    req2.object = Some(after.clone());
+    let v = decide(Endpoint::Validate, &req2, ctx, &Owner::None);
+    (after, m, v)
+}
+
+#[test]
+fn compat_rewrites_bootonce_vms() {
+    let p = compat();
+    let stored = stored_compat_vm();
+    let mut with_labels_ann = vm(Some("BootOnce"), None);
+    with_labels_ann["metadata"]["annotations"] = json!({"team": "infra"});
+    let mut expected_labels_ann = stored.clone();
+    expected_labels_ann["metadata"]["annotations"]["team"] = json!("infra");
+    let mut ssa_reapply = stored.clone();
+    ssa_reapply["spec"]["runStrategy"] = json!("BootOnce");
+    ssa_reapply["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("annotations");
+    ssa_reapply["spec"]["template"]["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("annotations");
+    ssa_reapply["spec"]["template"]["spec"]["domain"]
+        .as_object_mut()
+        .unwrap()
+        .remove("rebootPolicy");
+    let mut csa_reapply = stored.clone();
+    csa_reapply["spec"]["runStrategy"] = json!("BootOnce");
+    let mut no_template_meta = vm(Some("BootOnce"), None);
+    no_template_meta["spec"]["template"]
+        .as_object_mut()
+        .unwrap()
+        .remove("metadata");
+    let mut expected_no_template_meta = stored.clone();
+    expected_no_template_meta["spec"]["template"]["metadata"] =
+        json!({"annotations": { BOOTONCE_ANNOTATION: "BootOnce" }});
+    let mut to_always = stored.clone();
+    to_always["spec"]["runStrategy"] = json!("Always");
+    let mut expected_always = stored.clone();
+    expected_always["spec"]["runStrategy"] = json!("Always");
+    expected_always["metadata"]["annotations"] = json!({});
+    expected_always["spec"]["template"]["metadata"]["annotations"] = json!({});
+
+    #[rustfmt::skip]
+    let rows: Vec<(&str, Operation, Value, Option<Value>, Value)> = vec![
+        ("create BootOnce", Operation::Create, vm(Some("BootOnce"), None), None, stored.clone()),
+        ("create keeps other annotations", Operation::Create, with_labels_ann, None, expected_labels_ann),
+        ("create without template metadata", Operation::Create, no_template_meta, None, expected_no_template_meta),
+        ("client-side re-apply of the original manifest", Operation::Update, csa_reapply, Some(stored.clone()), stored.clone()),
+        ("server-side re-apply of the original manifest", Operation::Update, ssa_reapply, Some(stored.clone()), stored.clone()),
+        ("unrelated edit of a stored compat VM", Operation::Update, stored.clone(), Some(stored.clone()), stored.clone()),
+        ("update from BootOnce to Always drops both annotations", Operation::Update, to_always, Some(stored.clone()), expected_always),
+        ("plain Once stays plain Once", Operation::Create, vm(Some("Once"), None), None, vm(Some("Once"), None)),
+        ("Always untouched", Operation::Create, vm(Some("Always"), None), None, vm(Some("Always"), None)),
+    ];
+    for (name, op, obj, old, want) in rows {
+        let req = request(Kind::Vm, op, USER, obj, old);
+        let (after, m, v) = mutate_then_validate(&p, &req, true);
+        assert_eq!(after, want, "{name}: patch {:?}", m.patch);
+        assert!(
+            v.allowed(),
+            "{name}: the rewritten VM validates: {:?}",
+            v.causes
+        );
+        // Reinvocation and re-application are stable: nothing more to patch.
+        let mut again = req.clone();
+        again.object = Some(after.clone());
+        let m2 = decide(
+            Endpoint::Mutate,
+            &again,
+            Context {
+                policy: &p,
+                gate: true,
+            },
+            &Owner::None,
+        );
+        assert!(
+            m2.patch.is_empty(),
+            "{name}: reinvocation patched {:?}",
+            m2.patch
+        );
+    }
+    // Re-applying never grows the patch: the same ops as on the first create, or fewer.
+    let req = request(
+        Kind::Vm,
+        Operation::Create,
+        USER,
+        vm(Some("BootOnce"), None),
+        None,
+    );
+    let first = decide(
+        Endpoint::Mutate,
+        &req,
+        Context {
+            policy: &p,
+            gate: true,
+        },
+        &Owner::None,
+    );
+    assert_eq!(
+        first.patch.len(),
+        4,
+        "runStrategy, two annotation maps, rebootPolicy"
+    );
+}
+
+#[test]
+fn compat_leaves_bootonce_alone_without_the_gate() {
+    let p = compat();
+    let req = request(
+        Kind::Vm,
+        Operation::Create,
+        USER,
+        vm(Some("BootOnce"), None),
+        None,
+    );
+    let (after, m, v) = mutate_then_validate(&p, &req, false);
+    assert!(m.patch.is_empty());
+    assert_eq!(after["spec"]["runStrategy"], "BootOnce");
+    check_row(
+        "gate off",
+        &v,
+        &Expect {
+            causes: &[("spec.runStrategy", FieldValueInvalid, "feature gate")],
+            warnings: &[],
+        },
+    );
+}
+
+#[test]
+fn compat_pool_templates() {
+    let p = compat();
+    let req = request(
+        Kind::Pool,
+        Operation::Create,
+        USER,
+        pool(Some("BootOnce"), None),
+        None,
+    );
+    let (after, _, v) = mutate_then_validate(&p, &req, true);
+    assert!(v.allowed(), "{:?}", v.causes);
+    let t = &after["spec"]["virtualMachineTemplate"];
+    assert_eq!(t["spec"]["runStrategy"], "Once");
+    assert_eq!(
+        t["metadata"]["annotations"][BOOTONCE_ANNOTATION],
+        "BootOnce"
+    );
+    assert_eq!(
+        t["spec"]["template"]["metadata"]["annotations"][BOOTONCE_ANNOTATION],
+        "BootOnce"
+    );
+    assert_eq!(
+        t["spec"]["template"]["spec"]["domain"]["rebootPolicy"],
+        "Terminate"
+    );
+    assert_eq!(
+        after["metadata"].get("annotations"),
+        None,
+        "the pool's own metadata is not annotated"
+    );
+    // A VM the pool controller creates from that template passes as is.
+    let mut vm_from_pool = t.clone();
+    vm_from_pool["apiVersion"] = json!("kubevirt.io/v1");
+    vm_from_pool["kind"] = json!("VirtualMachine");
+    let req = request(
+        Kind::Vm,
+        Operation::Create,
+        CONTROLLER,
+        vm_from_pool.clone(),
+        None,
+    );
+    let (after_vm, m, v) = mutate_then_validate(&p, &req, true);
+    assert!(m.patch.is_empty() && v.allowed() && after_vm == vm_from_pool);
+}
+
+#[test]
+fn compat_annotation_rules() {
+    let p = compat();
+    let ann = |mut v: Value| {
+        v["metadata"]["annotations"] = json!({ BOOTONCE_ANNOTATION: "BootOnce" });
+        v
+    };
+    #[rustfmt::skip]
+    let rows: Vec<(&str, Value, Expect)> = vec![
+        ("Once + annotation by a user: describes Once + Terminate", ann(vm(Some("Once"), None)), ALLOW),
+        ("Always + annotation by a user", ann(vm(Some("Always"), None)),
+            Expect { causes: &[("metadata.annotations", FieldValueForbidden, "webhook writes this annotation itself")], warnings: &[] }),
+        ("Once + annotation + Reboot", ann(vm(Some("Once"), Some(json!("Reboot")))),
+            Expect { causes: &[(TMPL_RP, FieldValueInvalid, "BootOnce ends the VM"), ("metadata.annotations", FieldValueForbidden, "reserved")], warnings: &[] }),
+    ];
+    for (name, obj, want) in rows {
+        // Validation alone, as if the mutating webhook were bypassed.
+        let req = request(Kind::Vm, Operation::Create, USER, obj, None);
+        let v = decide(
+            Endpoint::Validate,
+            &req,
+            Context {
+                policy: &p,
+                gate: true,
+            },
+            &Owner::None,
+        );
+        check_row(name, &v, &want);
+    }
+    // VMIs of compat BootOnce VMs are stamped; users may create them with the annotation.
+    let ctx = Context {
+        policy: &p,
+        gate: true,
+    };
+    let own = owner(RunStrategy::Once, true);
+    let req = request(
+        Kind::Vmi,
+        Operation::Create,
+        CONTROLLER,
+        vmi(None, None, true),
+        None,
+    );
+    let m = decide(Endpoint::Mutate, &req, ctx, &own);
+    let after = mutated(&vmi(None, None, true), &m);
+    assert_eq!(
+        after["metadata"]["annotations"][BOOTONCE_ANNOTATION],
+        "BootOnce"
+    );
+    assert_eq!(after["spec"]["domain"]["rebootPolicy"], "Terminate");
+    let req = request(Kind::Vmi, Operation::Create, USER, after, None);
+    assert!(decide(Endpoint::Validate, &req, ctx, &own).allowed());
+    // A plain Once VM (no annotation) is not BootOnce: its VMIs are cleaned.
+    let m = decide(
+        Endpoint::Mutate,
+        &request(
+            Kind::Vmi,
+            Operation::Create,
+            CONTROLLER,
+            vmi(None, Some("BootOnce"), true),
+            None,
+        ),
+        ctx,
+        &owner(RunStrategy::Once, false),
+    );
+    assert_eq!(
+        serde_json::to_value(&m.patch).unwrap(),
+        json!([{"op": "remove", "path": "/metadata/annotations/runstrategy.kubevirt.io"}])
+    );
+}

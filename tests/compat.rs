@@ -1,0 +1,179 @@
+//! BootOnce compat mode end to end through the server: the VM rewrite, then
+//! the rewritten VM as the owner of a VMI CREATE.
+
+mod support;
+
+use serde_json::{json, Value};
+use support::TestServer;
+
+fn review(uid: &str, kind: &str, op: &str, obj: &Value, old: Option<&Value>) -> Value {
+    let mut r = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+        "uid": uid,
+        "kind": {"group": "kubevirt.io", "version": "v1", "kind": kind},
+        "resource": {"group": "kubevirt.io", "version": "v1", "resource": format!("{}s", kind.to_lowercase())},
+        "namespace": "default", "name": obj["metadata"]["name"], "operation": op,
+        "userInfo": {"username": "alice", "groups": ["system:authenticated"]},
+        "object": obj, "dryRun": false}});
+    if let Some(old) = old {
+        r["request"]["oldObject"] = old.clone();
+    }
+    r
+}
+
+fn apply(obj: &Value, response: &Value) -> Value {
+    let mut out = obj.clone();
+    if let Some(p) = response["patch"].as_str() {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(p).unwrap();
+        let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+        json_patch::patch(&mut out, &patch).unwrap();
+    }
+    out
+}
+
+fn example_vm() -> Value {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/bootonce-vm.yaml");
+    serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn bootonce_vm_is_stored_as_once_terminate_annotation_and_its_vmis_are_stamped() {
+    let empty = tempfile::tempdir().unwrap();
+    let flags = [
+        "--bootonce",
+        "compat",
+        "--feature-gates",
+        "RebootPolicy",
+        "--objects",
+        empty.path().to_str().unwrap(),
+    ];
+    let server = TestServer::start(&flags).await;
+
+    // 1. The user's manifest, as a CREATE.
+    let vm = example_vm();
+    let (status, m) = server
+        .post(
+            "/mutate",
+            &review("c-1", "VirtualMachine", "CREATE", &vm, None),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(m["response"]["allowed"], true, "{m}");
+    let stored = apply(&vm, &m["response"]);
+    assert_eq!(stored["spec"]["runStrategy"], "Once");
+    assert_eq!(
+        stored["metadata"]["annotations"]["runstrategy.kubevirt.io"],
+        "BootOnce"
+    );
+    assert_eq!(
+        stored["spec"]["template"]["metadata"]["annotations"]["runstrategy.kubevirt.io"],
+        "BootOnce"
+    );
+    assert_eq!(
+        stored["spec"]["template"]["spec"]["domain"]["rebootPolicy"],
+        "Terminate"
+    );
+    assert_eq!(
+        stored["spec"]["template"]["spec"]["domain"]["devices"],
+        vm["spec"]["template"]["spec"]["domain"]["devices"]
+    );
+    let (_, v) = server
+        .post(
+            "/validate",
+            &review("c-2", "VirtualMachine", "CREATE", &stored, None),
+        )
+        .await;
+    assert_eq!(v["response"]["allowed"], true, "{v}");
+
+    // 2. Re-applying the original manifest gives the same stored object.
+    let mut reapplied = stored.clone();
+    reapplied["spec"]["runStrategy"] = json!("BootOnce");
+    let (_, m2) = server
+        .post(
+            "/mutate",
+            &review("c-3", "VirtualMachine", "UPDATE", &reapplied, Some(&stored)),
+        )
+        .await;
+    assert_eq!(apply(&reapplied, &m2["response"]), stored);
+    server.stop().await;
+
+    // 3. The stored VM as the owner of a VMI CREATE (a second server reads it from --objects).
+    let objects = tempfile::tempdir().unwrap();
+    std::fs::write(objects.path().join("vm.json"), stored.to_string()).unwrap();
+    let flags = [
+        "--bootonce",
+        "compat",
+        "--feature-gates",
+        "RebootPolicy",
+        "--objects",
+        objects.path().to_str().unwrap(),
+    ];
+    let server = TestServer::start(&flags).await;
+    let vmi = json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+        "metadata": {"name": "installer", "namespace": "default",
+            "annotations": stored["spec"]["template"]["metadata"]["annotations"],
+            "ownerReferences": [{"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "name": "installer",
+                "uid": stored["metadata"]["uid"], "controller": true}]},
+        "spec": stored["spec"]["template"]["spec"]});
+    let mut bare = vmi.clone();
+    bare["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("annotations");
+    bare["spec"]["domain"]
+        .as_object_mut()
+        .unwrap()
+        .remove("rebootPolicy");
+    for (name, obj) in [("inherited from the template", &vmi), ("bare", &bare)] {
+        let (_, m) = server
+            .post(
+                "/mutate",
+                &review("c-4", "VirtualMachineInstance", "CREATE", obj, None),
+            )
+            .await;
+        let stamped = apply(obj, &m["response"]);
+        assert_eq!(
+            stamped["metadata"]["annotations"]["runstrategy.kubevirt.io"], "BootOnce",
+            "{name}"
+        );
+        assert_eq!(
+            stamped["spec"]["domain"]["rebootPolicy"], "Terminate",
+            "{name}"
+        );
+        let (_, v) = server
+            .post(
+                "/validate",
+                &review("c-5", "VirtualMachineInstance", "CREATE", &stamped, None),
+            )
+            .await;
+        assert_eq!(v["response"]["allowed"], true, "{name}: {v}");
+    }
+    server.stop().await;
+}
+
+#[test]
+fn check_shows_the_compat_rewrite() {
+    let vm = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/bootonce-vm.yaml");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubevirt-reboot-webhook"))
+        .args(["check", "--bootonce", "compat"])
+        .arg(&vm)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains(r#"{"op":"add","path":"/spec/runStrategy","value":"Once"}"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#""path":"/spec/template/spec/domain/rebootPolicy","value":"Terminate""#),
+        "{text}"
+    );
+    // Native mode shows no rewrite.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubevirt-reboot-webhook"))
+        .arg("check")
+        .arg(&vm)
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("patch"));
+}
