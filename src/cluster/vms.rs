@@ -224,7 +224,11 @@ impl VmCache {
                     generation = generation.wrapping_add(1);
                     tracing::debug!(scope = ?scope, generation, "VirtualMachine list started");
                 }
-                Ok(Event::InitApply(vm)) | Ok(Event::Apply(vm)) => self.upsert(&vm, generation),
+                Ok(Event::InitApply(vm)) | Ok(Event::Apply(vm)) => {
+                    if self.upsert(&vm, generation) {
+                        self.metrics.vm_cache_objects.inc();
+                    }
+                }
                 Ok(Event::InitDone) => {
                     let swept = self.sweep(scope.as_deref(), generation);
                     let count = self.len();
@@ -238,7 +242,11 @@ impl VmCache {
                         }
                     }
                 }
-                Ok(Event::Delete(vm)) => self.remove(&vm),
+                Ok(Event::Delete(vm)) => {
+                    if self.remove(&vm) {
+                        self.metrics.vm_cache_objects.dec();
+                    }
+                }
                 Err(e) => {
                     let msg = e.to_string();
                     if msg != last_error {
@@ -256,12 +264,13 @@ impl VmCache {
         self.store.write().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn upsert(&self, vm: &LeanVm, generation: u32) {
+    /// Inserts or replaces; true when the VM was not cached before.
+    fn upsert(&self, vm: &LeanVm, generation: u32) -> bool {
         let (Some(ns), Some(name)) = (
             vm.metadata.namespace.as_deref(),
             vm.metadata.name.as_deref(),
         ) else {
-            return;
+            return false;
         };
         let info = vm.info();
         let entry = Entry {
@@ -277,26 +286,30 @@ impl VmCache {
         };
         if let Some(e) = names.get_mut(name) {
             *e = entry;
+            false
         } else {
             names.insert(name.into(), entry);
+            true
         }
     }
 
-    fn remove(&self, vm: &LeanVm) {
+    /// Removes; true when the VM was cached.
+    fn remove(&self, vm: &LeanVm) -> bool {
         let (Some(ns), Some(name)) = (
             vm.metadata.namespace.as_deref(),
             vm.metadata.name.as_deref(),
         ) else {
-            return;
+            return false;
         };
         let mut store = self.write();
-        if let Some(names) = store.get_mut(ns) {
-            names.remove(name);
-            if names.is_empty() {
-                store.remove(ns);
-            }
+        let Some(names) = store.get_mut(ns) else {
+            return false;
+        };
+        let removed = names.remove(name).is_some();
+        if names.is_empty() {
+            store.remove(ns);
         }
-        self.metrics.vm_cache_objects.dec();
+        removed
     }
 
     /// Drops entries in `scope` not seen by list `generation`; returns how many.
