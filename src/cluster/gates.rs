@@ -39,6 +39,9 @@ pub fn spawn(
         let mut current: HashMap<String, bool> = HashMap::new();
         let mut relisting: Option<HashMap<String, bool>> = None;
         let mut said_missing = false;
+        // Set by a completed list; readiness is reported only once the gate
+        // computed from it is in force.
+        let mut listed = false;
         let synced = metrics
             .cache_synced
             .get_or_create(&CacheLabels { cache: "kubevirt" })
@@ -74,8 +77,7 @@ pub fn spawn(
                 }
                 Event::InitDone => {
                     current = relisting.take().unwrap_or_default();
-                    ready.store(true, Ordering::SeqCst);
-                    synced.set(1);
+                    listed = true;
                 }
                 Event::Apply(o) => {
                     let (n, on) = gate_of(&o);
@@ -103,6 +105,10 @@ pub fn spawn(
                     enabled = on,
                     "feature gate RecreateVMIOnReboot changed (KubeVirt resource)"
                 );
+            }
+            if std::mem::take(&mut listed) {
+                ready.store(true, Ordering::SeqCst);
+                synced.set(1);
             }
         }
     });
