@@ -11,6 +11,8 @@ use kubevirt_reboot_webhook::serve::{self, Started};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+pub mod fake_api;
+
 /// Development certificates written into a temporary directory.
 pub struct Certs {
     pub dir: tempfile::TempDir,
