@@ -1,0 +1,633 @@
+//! Cluster mode against the in-process fake Kubernetes API
+//! (`support::fake_api`): the real server, started with `--kubeconfig`,
+//! watching KubeVirt resources for the gate and VirtualMachines for owners.
+//!
+//! Every wait polls with short sleeps and a deadline of a few seconds; no
+//! test sleeps a fixed long time.
+
+mod support;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde_json::{json, Value};
+use support::fake_api::{kubevirt_cr, realistic_vm, uid, Down, FakeApi, Res, Verb};
+use support::TestServer;
+
+const GATE: &str = "RecreateVMIOnReboot";
+const GATE_MESSAGE: &str = "requires the feature gate RecreateVMIOnReboot";
+const WAIT: Duration = Duration::from_secs(10);
+
+/// The fake API, the server pointed at it, and the kubeconfig file.
+struct Cluster {
+    fake: FakeApi,
+    server: TestServer,
+    _kubeconfig: tempfile::NamedTempFile,
+}
+
+impl Cluster {
+    async fn start(fake: FakeApi, extra: &[&str]) -> Cluster {
+        let kubeconfig = fake.kubeconfig();
+        let path = kubeconfig.path().display().to_string();
+        let mut flags = vec!["--kubeconfig", path.as_str()];
+        flags.extend_from_slice(extra);
+        let server = TestServer::start(&flags).await;
+        Cluster {
+            fake,
+            server,
+            _kubeconfig: kubeconfig,
+        }
+    }
+
+    /// Starts and waits for `/readyz` 200.
+    async fn ready(fake: FakeApi) -> Cluster {
+        let c = Cluster::start(fake, &[]).await;
+        c.wait_ready().await;
+        c
+    }
+
+    async fn readyz(&self) -> (u16, String) {
+        self.server
+            .get_text(&self.server.metrics_url("/readyz"))
+            .await
+    }
+
+    async fn wait_ready(&self) {
+        eventually("/readyz 200", WAIT, || async {
+            self.readyz().await.0 == 200
+        })
+        .await;
+    }
+
+    /// One sample from `/metrics`, 0 when the series is absent.
+    async fn metric(&self, series: &str) -> f64 {
+        let (status, text) = self
+            .server
+            .get_text(&self.server.metrics_url("/metrics"))
+            .await;
+        assert_eq!(status, 200);
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                (name == series).then(|| value.parse::<f64>().expect("metric value"))
+            })
+            .unwrap_or(0.0)
+    }
+
+    async fn lookups(&self, result: &str) -> f64 {
+        self.metric(&format!(
+            "kubevirt_reboot_webhook_owner_lookups_total{{result=\"{result}\"}}"
+        ))
+        .await
+    }
+
+    async fn cached_vms(&self) -> usize {
+        self.metric("kubevirt_reboot_webhook_vm_cache_objects")
+            .await as usize
+    }
+
+    async fn wait_cached_vms(&self, n: usize) {
+        eventually(&format!("vm_cache_objects == {n}"), WAIT, || async {
+            self.cached_vms().await == n
+        })
+        .await;
+    }
+
+    /// The `response` of a review posted to `path`.
+    async fn review(&self, path: &str, review: &Value) -> Value {
+        let (status, got) = self.server.post(path, review).await;
+        assert_eq!(status, 200, "{got}");
+        assert_eq!(got["response"]["uid"], review["request"]["uid"]);
+        got["response"].clone()
+    }
+
+    /// `/mutate` of a VMI CREATE owned by VM `owner` with `owner_uid`.
+    async fn mutate_vmi(&self, ns: &str, owner: &str, owner_uid: &str) -> Value {
+        self.review("/mutate", &vmi_create(ns, owner, owner_uid))
+            .await
+    }
+
+    /// Whether a VM CREATE with `rebootPolicy: Terminate` is allowed.
+    async fn terminate_allowed(&self) -> bool {
+        let resp = self.review("/validate", &vm_create_terminate()).await;
+        let allowed = resp["allowed"].as_bool().expect("allowed");
+        if !allowed {
+            let msg = resp["status"]["message"].as_str().unwrap_or("");
+            assert!(
+                msg.contains(GATE_MESSAGE),
+                "denied for another reason: {resp}"
+            );
+        }
+        allowed
+    }
+}
+
+/// Polls `check` every 20 ms until it holds; panics after `timeout`.
+async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn review_uid() -> String {
+    static N: AtomicU64 = AtomicU64::new(1);
+    format!(
+        "cccccccc-0000-0000-0000-{:012}",
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// What virt-controller sends when it creates the VMI of VM `owner`.
+fn vmi_create(ns: &str, owner: &str, owner_uid: &str) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": review_uid(),
+            "kind": {"group": "kubevirt.io", "version": "v1", "kind": "VirtualMachineInstance"},
+            "resource": {"group": "kubevirt.io", "version": "v1", "resource": "virtualmachineinstances"},
+            "requestKind": {"group": "kubevirt.io", "version": "v1", "kind": "VirtualMachineInstance"},
+            "name": owner,
+            "namespace": ns,
+            "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:kubevirt:kubevirt-controller",
+                         "groups": ["system:serviceaccounts", "system:authenticated"]},
+            "object": {
+                "apiVersion": "kubevirt.io/v1",
+                "kind": "VirtualMachineInstance",
+                "metadata": {
+                    "name": owner,
+                    "namespace": ns,
+                    "labels": {"kubevirt.io/vm": owner},
+                    "ownerReferences": [{
+                        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+                        "name": owner, "uid": owner_uid,
+                        "controller": true, "blockOwnerDeletion": true
+                    }]
+                },
+                "spec": {
+                    "domain": {"devices": {"disks": [{"name": "root", "disk": {"bus": "virtio"}}]},
+                               "resources": {"requests": {"memory": "1Gi"}}},
+                    "volumes": [{"name": "root", "containerDisk": {"image": "quay.io/containerdisks/fedora:latest"}}]
+                }
+            },
+            "dryRun": false,
+            "options": {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"}
+        }
+    })
+}
+
+/// A user's VM CREATE with `rebootPolicy: Terminate`: needs the gate.
+fn vm_create_terminate() -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": review_uid(),
+            "kind": {"group": "kubevirt.io", "version": "v1", "kind": "VirtualMachine"},
+            "resource": {"group": "kubevirt.io", "version": "v1", "resource": "virtualmachines"},
+            "name": "web",
+            "namespace": "default",
+            "operation": "CREATE",
+            "userInfo": {"username": "alice", "groups": ["system:authenticated"]},
+            "object": {
+                "apiVersion": "kubevirt.io/v1",
+                "kind": "VirtualMachine",
+                "metadata": {"name": "web", "namespace": "default"},
+                "spec": {
+                    "runStrategy": "Always",
+                    "template": {"spec": {"domain": {
+                        "devices": {}, "resources": {"requests": {"memory": "1Gi"}},
+                        "rebootPolicy": "Terminate"}}}
+                }
+            }
+        }
+    })
+}
+
+/// The decoded JSONPatch of a response, if any.
+fn patch(resp: &Value) -> Option<Value> {
+    let b64 = resp.get("patch")?.as_str()?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .expect("patch is base64");
+    Some(serde_json::from_slice(&raw).expect("patch is JSON"))
+}
+
+/// The response is allowed and stamps the VMI as BootOnce.
+fn assert_bootonce_patch(resp: &Value) {
+    assert_eq!(resp["allowed"], true, "{resp}");
+    let p = patch(resp).unwrap_or_else(|| panic!("no patch: {resp}"));
+    assert_eq!(
+        p,
+        json!([
+            {"op": "add", "path": "/metadata/annotations", "value": {"runstrategy.kubevirt.io": "BootOnce"}},
+            {"op": "add", "path": "/spec/domain/rebootPolicy", "value": "Terminate"}
+        ]),
+        "{resp}"
+    );
+}
+
+/// The response is allowed and leaves the VMI alone.
+fn assert_no_patch(resp: &Value) {
+    assert_eq!(resp["allowed"], true, "{resp}");
+    assert!(resp.get("patch").is_none(), "unexpected patch: {resp}");
+}
+
+fn vm(ns: &str, name: &str, i: u64, run_strategy: &str) -> Value {
+    realistic_vm(ns, name, &uid(i), run_strategy)
+}
+
+#[test]
+fn realistic_vm_is_about_three_kilobytes() {
+    let v = vm("tenant-a", "vm-00001", 1, "BootOnce");
+    let n = v.to_string().len();
+    assert!((2500..=4000).contains(&n), "{n} bytes");
+}
+
+// 1. The gate follows the KubeVirt resource: enable list, disable list,
+//    Beta default by observed version, and off without a resource.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gate_flips_with_the_kubevirt_resource() {
+    let c = Cluster::ready(FakeApi::start().await).await;
+    assert!(
+        !c.terminate_allowed().await,
+        "no KubeVirt resource: gate off"
+    );
+    assert_eq!(
+        c.metric("kubevirt_reboot_webhook_feature_gate_enabled")
+            .await,
+        0.0
+    );
+
+    // (featureGates, disabledFeatureGates, observedKubeVirtVersion, gate on?, why)
+    type Step = (
+        &'static [&'static str],
+        &'static [&'static str],
+        &'static str,
+        bool,
+        &'static str,
+    );
+    let steps: [Step; 6] = [
+        (&[], &[], "v1.8.0", false, "no lists, before Beta"),
+        (&[GATE], &[], "v1.8.0", true, "featureGates lists it"),
+        (
+            &[],
+            &[GATE],
+            "v1.9.0",
+            false,
+            "moved to disabledFeatureGates",
+        ),
+        (&[], &[], "v1.9.0", true, "Beta default at v1.9.0"),
+        (&[], &[], "v1.8.4", false, "before Beta again"),
+        (&["RebootPolicy"], &[], "v1.8.4", true, "upstream gate name"),
+    ];
+    for (enabled, disabled, version, want, why) in steps {
+        c.fake.apply(
+            Res::KubeVirt,
+            kubevirt_cr("kubevirt", enabled, disabled, Some(version)),
+        );
+        eventually(why, WAIT, || async { c.terminate_allowed().await == want }).await;
+        let gauge = c
+            .metric("kubevirt_reboot_webhook_feature_gate_enabled")
+            .await;
+        assert_eq!(gauge, want as u8 as f64, "{why}: gauge");
+    }
+
+    // A KubeVirt resource elsewhere does not count.
+    c.fake.apply(
+        Res::KubeVirt,
+        kubevirt_cr("other", &["RecreateVMIOnReboot"], &[], Some("v1.9.0")),
+    );
+    c.fake.delete(Res::KubeVirt, "kubevirt", "kubevirt");
+    eventually("resource deleted: gate off", WAIT, || async {
+        !c.terminate_allowed().await
+    })
+    .await;
+    assert_eq!(
+        c.fake.count(Some(Verb::Get), None),
+        0,
+        "the gate never GETs"
+    );
+}
+
+// 1b. The gate from the initial list is in force as soon as /readyz says so,
+//     in the namespace given by --kubevirt-namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gate_from_the_initial_list_in_a_custom_namespace() {
+    let fake = FakeApi::start().await;
+    fake.apply(
+        Res::KubeVirt,
+        kubevirt_cr("kubevirt", &[], &["RecreateVMIOnReboot"], Some("v1.9.0")),
+    );
+    fake.apply(
+        Res::KubeVirt,
+        kubevirt_cr("kv-system", &[], &[], Some("v1.9.0")),
+    );
+    let c = Cluster::start(fake, &["--kubevirt-namespace", "kv-system"]).await;
+    c.wait_ready().await;
+    assert!(c.terminate_allowed().await, "Beta default in kv-system");
+    let lists = c.fake.requests();
+    assert!(
+        lists.iter().any(|s| s.verb == Verb::List
+            && s.path == "/apis/kubevirt.io/v1/namespaces/kv-system/kubevirts"),
+        "{lists:?}"
+    );
+}
+
+// 2. A VM created after start reaches the cache through the watch: its VMI
+//    gets the BootOnce patch without a GET; updates and deletes follow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_created_after_start_is_seen_through_the_watch() {
+    let c = Cluster::ready(FakeApi::start().await).await;
+    assert_eq!(c.cached_vms().await, 0);
+    assert!(c.fake.wait_watches(Res::Vm, 1, WAIT).await);
+
+    c.fake.apply(Res::Vm, vm("tenant-a", "late", 7, "BootOnce"));
+    c.wait_cached_vms(1).await;
+    assert_bootonce_patch(&c.mutate_vmi("tenant-a", "late", &uid(7)).await);
+    assert_eq!(
+        c.fake.count(Some(Verb::Get), None),
+        0,
+        "served from the cache"
+    );
+    assert_eq!(c.lookups("cache").await, 1.0);
+
+    // MODIFIED: no longer BootOnce.
+    c.fake.apply(Res::Vm, vm("tenant-a", "late", 7, "Always"));
+    eventually("runStrategy change applied", WAIT, || async {
+        c.mutate_vmi("tenant-a", "late", &uid(7))
+            .await
+            .get("patch")
+            .is_none()
+    })
+    .await;
+    assert_eq!(c.fake.count(Some(Verb::Get), None), 0);
+
+    // DELETED: gone from the cache; the next lookup asks the API once.
+    c.fake.delete(Res::Vm, "tenant-a", "late");
+    c.wait_cached_vms(0).await;
+    assert_no_patch(&c.mutate_vmi("tenant-a", "late", &uid(7)).await);
+    assert_eq!(c.fake.count(Some(Verb::Get), None), 1);
+    assert_eq!(c.lookups("not_found").await, 1.0);
+}
+
+// 3. A VMI CREATE for a cached VM makes no API request at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_owner_lookups_make_no_api_requests() {
+    let fake = FakeApi::start().await;
+    fake.apply(Res::Vm, vm("tenant-a", "once", 1, "BootOnce"));
+    fake.apply(Res::Vm, vm("tenant-a", "always", 2, "Always"));
+    fake.apply(Res::Vm, vm("tenant-b", "halted", 3, "Halted"));
+    let c = Cluster::ready(fake).await;
+    c.wait_cached_vms(3).await;
+    assert!(c.fake.wait_watches(Res::Vm, 1, WAIT).await);
+
+    let before = c.fake.total();
+    for _ in 0..3 {
+        assert_bootonce_patch(&c.mutate_vmi("tenant-a", "once", &uid(1)).await);
+        assert_no_patch(&c.mutate_vmi("tenant-a", "always", &uid(2)).await);
+        assert_no_patch(&c.mutate_vmi("tenant-b", "halted", &uid(3)).await);
+    }
+    // The uid is checked on the cache path too: a stale owner reference
+    // (VM deleted and recreated) gets no patch, still without a request.
+    assert_no_patch(&c.mutate_vmi("tenant-a", "once", &uid(99)).await);
+    assert_eq!(c.fake.total(), before, "{:?}", c.fake.requests());
+    assert_eq!(c.lookups("cache").await, 10.0);
+    assert_eq!(c.lookups("api").await, 0.0);
+}
+
+// 4. A cache miss is exactly one GET of that VM, and its uid is checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_miss_is_one_get_and_checks_the_uid() {
+    let c = Cluster::ready(FakeApi::start().await).await;
+    assert!(c.fake.wait_watches(Res::Vm, 1, WAIT).await);
+    // Exists for GET but was never listed or watched.
+    c.fake
+        .put_hidden(Res::Vm, vm("tenant-a", "fresh", 5, "BootOnce"));
+    let path = "/apis/kubevirt.io/v1/namespaces/tenant-a/virtualmachines/fresh";
+
+    let before = c.fake.total();
+    assert_bootonce_patch(&c.mutate_vmi("tenant-a", "fresh", &uid(5)).await);
+    assert_eq!(c.fake.total(), before + 1, "{:?}", c.fake.requests());
+    assert_eq!(c.fake.count(Some(Verb::Get), Some(Res::Vm)), 1);
+    assert_eq!(c.fake.count_path(path), 1);
+    assert_eq!(c.lookups("api").await, 1.0);
+
+    // Same name, another uid: the VM the VMI belongs to is gone: no patch.
+    assert_no_patch(&c.mutate_vmi("tenant-a", "fresh", &uid(6)).await);
+    assert_eq!(c.fake.count_path(path), 2);
+
+    // No such VM: 404, one GET, no patch.
+    assert_no_patch(&c.mutate_vmi("tenant-a", "nope", &uid(8)).await);
+    assert_eq!(
+        c.fake
+            .count_path("/apis/kubevirt.io/v1/namespaces/tenant-a/virtualmachines/nope"),
+        1
+    );
+    assert_eq!(c.lookups("not_found").await, 1.0);
+    assert_eq!(c.fake.total(), before + 3, "{:?}", c.fake.requests());
+}
+
+// 5. API down and the owner not cached: denied, asking to retry; cached
+//    owners keep being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_down_and_cache_miss_is_denied_with_retry() {
+    let fake = FakeApi::start().await;
+    fake.apply(Res::Vm, vm("tenant-a", "cached", 1, "BootOnce"));
+    let c = Cluster::ready(fake).await;
+    c.wait_cached_vms(1).await;
+
+    for mode in [Down::Refuse, Down::Unavailable] {
+        c.fake.set_down(mode);
+        let gets = c.fake.count(Some(Verb::Get), None);
+        let started = Instant::now();
+        // The API server's own timeout bounds the wait for the owner.
+        let resp = c
+            .review(
+                "/mutate?timeout=3s",
+                &vmi_create("tenant-a", "missing", &uid(2)),
+            )
+            .await;
+        let took = started.elapsed();
+        assert_eq!(resp["allowed"], false, "{mode:?}: {resp}");
+        let msg = resp["status"]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains("retry"), "{mode:?}: {msg}");
+        assert!(
+            msg.contains("is not cached and reading it from the Kubernetes API failed"),
+            "{mode:?}: the lookup failed, not the deadline: {msg}"
+        );
+        // One attempt, not a burst of retries against a struggling API
+        // server until the deadline.
+        assert!(took < Duration::from_secs(1), "{mode:?}: took {took:?}");
+        let sent = usize::from(mode == Down::Unavailable);
+        assert_eq!(c.fake.count(Some(Verb::Get), None), gets + sent, "{mode:?}");
+
+        // The cache still answers for what it holds.
+        assert_bootonce_patch(&c.mutate_vmi("tenant-a", "cached", &uid(1)).await);
+        // And requests that need no owner are unaffected.
+        assert!(!c.terminate_allowed().await);
+        c.fake.set_down(Down::Up);
+    }
+    assert!(c.lookups("error").await >= 2.0);
+
+    // Back up: misses are answered again.
+    c.fake
+        .put_hidden(Res::Vm, vm("tenant-a", "missing", 2, "BootOnce"));
+    assert_bootonce_patch(&c.mutate_vmi("tenant-a", "missing", &uid(2)).await);
+}
+
+// 6. /readyz follows the initial lists; /healthz does not depend on the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_cache_sync() {
+    // The VM list is slow.
+    let fake = FakeApi::start().await;
+    fake.apply(Res::Vm, vm("tenant-a", "a", 1, "BootOnce"));
+    fake.hold_lists(Res::Vm, true);
+    let c = Cluster::start(fake, &[]).await;
+    eventually("only the VM cache unsynced", WAIT, || async {
+        c.readyz().await == (503, "not ready: virtualmachine cache not ready\n".into())
+    })
+    .await;
+    eventually("the VM list arrived", WAIT, || async {
+        c.fake.count(Some(Verb::List), Some(Res::Vm)) >= 1
+    })
+    .await;
+    let health = c.server.get_text(&c.server.metrics_url("/healthz")).await;
+    assert_eq!(health, (200, "ok\n".into()));
+    c.fake.hold_lists(Res::Vm, false);
+    c.wait_ready().await;
+    assert_eq!(c.cached_vms().await, 1);
+
+    // The KubeVirt list fails.
+    let fake = FakeApi::start().await;
+    fake.fail_lists(Res::KubeVirt, Some(500));
+    let c2 = Cluster::start(fake, &[]).await;
+    eventually("only the gate cache unsynced", WAIT, || async {
+        c2.readyz().await == (503, "not ready: kubevirt gate cache not ready\n".into())
+    })
+    .await;
+    c2.fake.fail_lists(Res::KubeVirt, None);
+    c2.wait_ready().await;
+
+    // API gone: alive all the same.
+    for mode in [Down::Refuse, Down::Unavailable] {
+        c2.fake.set_down(mode);
+        for _ in 0..5 {
+            let health = c2.server.get_text(&c2.server.metrics_url("/healthz")).await;
+            assert_eq!(health, (200, "ok\n".into()), "{mode:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    c2.fake.set_down(Down::Up);
+}
+
+// 7. A 410 relist neither loses nor duplicates entries: changes the watch
+//    never delivered (deleted/added/modified while it was broken) show up
+//    after the relist, over several pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relist_after_410_converges_without_loss_or_duplicates() {
+    const N: u64 = 1200; // three pages of 500
+    let fake = FakeApi::start().await;
+    let strategy = |i: u64| {
+        if i.is_multiple_of(10) {
+            "BootOnce"
+        } else {
+            "Always"
+        }
+    };
+    fake.load(
+        Res::Vm,
+        (0..N).map(|i| {
+            vm(
+                &format!("ns-{}", i % 7),
+                &format!("vm-{i:05}"),
+                i,
+                strategy(i),
+            )
+        }),
+    );
+    let c = Cluster::ready(fake).await;
+    assert_eq!(c.cached_vms().await, N as usize);
+    assert_eq!(
+        c.fake.count(Some(Verb::List), Some(Res::Vm)),
+        3,
+        "paged by 500"
+    );
+    assert!(c.fake.wait_watches(Res::Vm, 1, WAIT).await);
+    let ns = |i: u64| format!("ns-{}", i % 7);
+    let name = |i: u64| format!("vm-{i:05}");
+
+    // Changes the watch never delivers.
+    c.fake.delete_silently(Res::Vm, &ns(10), &name(10));
+    c.fake.delete_silently(Res::Vm, &ns(11), &name(11));
+    c.fake
+        .apply_silently(Res::Vm, vm("ns-new", "vm-new", 5000, "BootOnce"));
+    c.fake
+        .apply_silently(Res::Vm, vm(&ns(20), &name(20), 20, "Always"));
+    // Not seen yet: the cache still has vm-10 and knows no vm-new.
+    let before = c.fake.total();
+    assert_bootonce_patch(&c.mutate_vmi(&ns(10), &name(10), &uid(10)).await);
+    assert_eq!(c.fake.total(), before, "vm-10 still cached");
+
+    let lists = c.fake.count(Some(Verb::List), Some(Res::Vm));
+    c.fake.expire_watches(Res::Vm);
+    c.wait_cached_vms(c.fake.len(Res::Vm)).await;
+    assert_eq!(c.cached_vms().await as u64, N - 1);
+    assert!(
+        c.fake.count(Some(Verb::List), Some(Res::Vm)) >= lists + 3,
+        "relisted"
+    );
+    assert!(
+        c.fake.wait_watches(Res::Vm, 1, WAIT).await,
+        "watching again"
+    );
+
+    let gets = c.fake.count(Some(Verb::Get), None);
+    assert_bootonce_patch(&c.mutate_vmi("ns-new", "vm-new", &uid(5000)).await);
+    assert_no_patch(&c.mutate_vmi(&ns(20), &name(20), &uid(20)).await);
+    for i in (0..N).step_by(37).filter(|i| ![10, 11].contains(i)) {
+        let resp = c.mutate_vmi(&ns(i), &name(i), &uid(i)).await;
+        match strategy(i) {
+            _ if i == 20 => assert_no_patch(&resp),
+            "BootOnce" => assert_bootonce_patch(&resp),
+            _ => assert_no_patch(&resp),
+        }
+    }
+    assert_eq!(c.fake.count(Some(Verb::Get), None), gets, "all cache hits");
+    // Deleted while the watch was broken: gone from the cache (one GET, 404).
+    assert_no_patch(&c.mutate_vmi(&ns(10), &name(10), &uid(10)).await);
+    assert_eq!(c.fake.count(Some(Verb::Get), None), gets + 1);
+
+    // The resumed watch delivers again.
+    c.fake
+        .apply(Res::Vm, vm("ns-new", "vm-live", 6000, "BootOnce"));
+    c.wait_cached_vms(N as usize).await;
+
+    // The other way to 410: the watch request itself is refused with it.
+    let lists = c.fake.count(Some(Verb::List), Some(Res::Vm));
+    c.fake.force_gone_next_watch(Res::Vm);
+    c.fake.close_watches(Res::Vm);
+    eventually("relisted again", WAIT, || async {
+        c.fake.count(Some(Verb::List), Some(Res::Vm)) >= lists + 3
+            && c.fake.open_watches(Res::Vm) == 1
+    })
+    .await;
+    c.wait_cached_vms(N as usize).await;
+    assert_eq!(c.fake.len(Res::Vm), N as usize);
+}
