@@ -45,7 +45,7 @@ manifests: ## Render manifests/ (needs kubectl)
 deploy: $(CERTS_DIR)/tls.crt ## Development install: TLS secret from certs/, caBundle filled in
 	$(CARGO) run --quiet -- certs --out $(CERTS_DIR) \
 	  --host $(BIN).$(NAMESPACE).svc --host $(BIN).$(NAMESPACE).svc.cluster.local --host localhost
-	$(KUBECTL) apply -f manifests/namespace.yaml
+	$(KUBECTL) apply -f manifests/base/namespace.yaml
 	$(KUBECTL) -n $(NAMESPACE) create secret tls $(BIN)-tls \
 	  --cert=$(CERTS_DIR)/tls.crt --key=$(CERTS_DIR)/tls.key --dry-run=client -o yaml | $(KUBECTL) apply -f -
 	$(KUBECTL) kustomize manifests | \

@@ -210,7 +210,9 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
         total += n * scale;
         rest = &rest[unit_end..];
     }
-    (total.is_finite() && total >= 0.0 && total < 1e9).then(|| Duration::from_secs_f64(total))
+    (0.0..1e9)
+        .contains(&total)
+        .then(|| Duration::from_secs_f64(total))
 }
 
 async fn handle(

@@ -129,7 +129,7 @@ fn request_stream(
         while stop.load(Ordering::SeqCst) == 0 {
             i += 1;
             // Every other request on a brand-new connection, so handshakes happen mid-rotation.
-            let client = if i % 2 == 0 {
+            let client = if i.is_multiple_of(2) {
                 client_trusting(&roots)
             } else {
                 reused.clone()

@@ -32,7 +32,10 @@ fn endpoint_of(path: &Path) -> &'static str {
     if name.ends_with(".mutate.json") {
         "/mutate"
     } else {
-        assert!(name.ends_with(".validate.json"), "{name}: endpoint not in the name");
+        assert!(
+            name.ends_with(".validate.json"),
+            "{name}: endpoint not in the name"
+        );
         "/validate"
     }
 }
@@ -49,7 +52,11 @@ async fn run_fixtures(server: &TestServer, dir: &str) {
         assert_eq!(status, 200, "{}: {got}", f.display());
         let exp_path = expected_path(&f);
         if update {
-            std::fs::write(&exp_path, serde_json::to_string_pretty(&got).unwrap() + "\n").unwrap();
+            std::fs::write(
+                &exp_path,
+                serde_json::to_string_pretty(&got).unwrap() + "\n",
+            )
+            .unwrap();
             continue;
         }
         let want = read_json(&exp_path);
@@ -105,7 +112,8 @@ async fn fixtures_gate_on_over_http2_and_http1() {
 async fn fixtures_gate_off_with_upstream_gate_name_listed_elsewhere() {
     // "LiveMigration" only: the gate is off.
     let objects = fixtures().join("objects").display().to_string();
-    let server = TestServer::start(&["--feature-gates", "LiveMigration", "--objects", &objects]).await;
+    let server =
+        TestServer::start(&["--feature-gates", "LiveMigration", "--objects", &objects]).await;
     run_fixtures(&server, "gate-off").await;
     server.stop().await;
 }
@@ -113,7 +121,8 @@ async fn fixtures_gate_off_with_upstream_gate_name_listed_elsewhere() {
 #[tokio::test]
 async fn upstream_gate_name_enables_the_feature() {
     let objects = fixtures().join("objects").display().to_string();
-    let server = TestServer::start(&["--feature-gates", "RebootPolicy", "--objects", &objects]).await;
+    let server =
+        TestServer::start(&["--feature-gates", "RebootPolicy", "--objects", &objects]).await;
     let review = read_json(&fixtures().join("gate-off/01-vm-terminate-gate-off.validate.json"));
     let (status, got) = server.post("/validate", &review).await;
     assert_eq!(status, 200);
@@ -141,10 +150,16 @@ async fn raw_post(server: &TestServer, content_type: Option<&str>, body: Vec<u8>
     if let Some(ct) = content_type {
         req = req.header("content-type", ct);
     }
-    let resp = req.send().await.expect("request is answered, connection not dropped");
+    let resp = req
+        .send()
+        .await
+        .expect("request is answered, connection not dropped");
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")),
+    )
 }
 
 #[tokio::test]
@@ -156,7 +171,10 @@ async fn bad_bodies_get_clear_errors_and_the_server_keeps_serving() {
     let mut no_uid = good.clone();
     no_uid["request"].as_object_mut().unwrap().remove("uid");
     let mut no_op = good.clone();
-    no_op["request"].as_object_mut().unwrap().remove("operation");
+    no_op["request"]
+        .as_object_mut()
+        .unwrap()
+        .remove("operation");
     let mut no_kind = good.clone();
     no_kind["request"].as_object_mut().unwrap().remove("kind");
     let mut v1beta1 = good.clone();
@@ -166,26 +184,103 @@ async fn bad_bodies_get_clear_errors_and_the_server_keeps_serving() {
     let mut bad_op = good.clone();
     bad_op["request"]["operation"] = json!("PATCH");
     let json = Some("application/json");
-    let cases: Vec<(&str, Option<&str>, Vec<u8>, u16, &str)> = vec![
-        ("not JSON", json, b"hello".to_vec(), 400, "not a JSON AdmissionReview"),
+    // name, content type, body, expected status, part of the error message
+    type Case<'a> = (&'a str, Option<&'a str>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "not JSON",
+            json,
+            b"hello".to_vec(),
+            400,
+            "not a JSON AdmissionReview",
+        ),
         ("empty", json, Vec::new(), 400, "not a JSON AdmissionReview"),
-        ("truncated", json, good.to_string().as_bytes()[..100].to_vec(), 400, "not a JSON AdmissionReview"),
-        ("JSON array", json, b"[1,2]".to_vec(), 400, "not a JSON AdmissionReview"),
-        ("no request", json, no_request.to_string().into_bytes(), 400, "AdmissionReview has no"),
-        ("no uid", json, no_uid.to_string().into_bytes(), 400, "request.uid is missing"),
-        ("no operation", json, no_op.to_string().into_bytes(), 400, "request.operation is missing"),
-        ("no kind", json, no_kind.to_string().into_bytes(), 400, "request.kind is missing"),
-        ("unknown operation", json, bad_op.to_string().into_bytes(), 400, "PATCH"),
-        ("v1beta1", json, v1beta1.to_string().into_bytes(), 400, "apiVersion must be \\\"admission.k8s.io/v1\\\""),
-        ("text/plain", Some("text/plain"), good.to_string().into_bytes(), 415, "Content-Type must be application/json"),
-        ("no content type", None, good.to_string().into_bytes(), 415, "Content-Type is missing"),
-        ("over 7 MiB", json, vec![b' '; 7 * 1024 * 1024 + 1], 413, "larger than 7340032 bytes"),
+        (
+            "truncated",
+            json,
+            good.to_string().as_bytes()[..100].to_vec(),
+            400,
+            "not a JSON AdmissionReview",
+        ),
+        (
+            "JSON array",
+            json,
+            b"[1,2]".to_vec(),
+            400,
+            "not a JSON AdmissionReview",
+        ),
+        (
+            "no request",
+            json,
+            no_request.to_string().into_bytes(),
+            400,
+            "AdmissionReview has no",
+        ),
+        (
+            "no uid",
+            json,
+            no_uid.to_string().into_bytes(),
+            400,
+            "request.uid is missing",
+        ),
+        (
+            "no operation",
+            json,
+            no_op.to_string().into_bytes(),
+            400,
+            "request.operation is missing",
+        ),
+        (
+            "no kind",
+            json,
+            no_kind.to_string().into_bytes(),
+            400,
+            "request.kind is missing",
+        ),
+        (
+            "unknown operation",
+            json,
+            bad_op.to_string().into_bytes(),
+            400,
+            "PATCH",
+        ),
+        (
+            "v1beta1",
+            json,
+            v1beta1.to_string().into_bytes(),
+            400,
+            "apiVersion must be \\\"admission.k8s.io/v1\\\"",
+        ),
+        (
+            "text/plain",
+            Some("text/plain"),
+            good.to_string().into_bytes(),
+            415,
+            "Content-Type must be application/json",
+        ),
+        (
+            "no content type",
+            None,
+            good.to_string().into_bytes(),
+            415,
+            "Content-Type is missing",
+        ),
+        (
+            "over 7 MiB",
+            json,
+            vec![b' '; 7 * 1024 * 1024 + 1],
+            413,
+            "larger than 7340032 bytes",
+        ),
     ];
     for (name, ct, body, want_status, want_msg) in cases {
         let (status, got) = raw_post(&server, ct, body).await;
         assert_eq!(status, want_status, "{name}: {got}");
         assert_eq!(got["kind"], "Status", "{name}");
-        assert!(got.to_string().contains(want_msg), "{name}: {got} lacks {want_msg:?}");
+        assert!(
+            got.to_string().contains(want_msg),
+            "{name}: {got} lacks {want_msg:?}"
+        );
         // The same connection pool still gets good answers.
         let (status, ok) = server.post("/validate", &good).await;
         assert_eq!(status, 200, "{name}: good request after");
@@ -210,7 +305,12 @@ async fn unknown_paths_and_methods() {
     let server = TestServer::start(&flags).await;
     let resp = server.client.get(server.url("/nope")).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 404);
-    let resp = server.client.get(server.url("/validate")).send().await.unwrap();
+    let resp = server
+        .client
+        .get(server.url("/validate"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status().as_u16(), 405);
     let (status, body) = server.get_text(&server.metrics_url("/healthz")).await;
     assert_eq!((status, body.as_str()), (200, "ok\n"));
@@ -234,14 +334,22 @@ async fn check_and_server_agree() {
         .args(&files)
         .output()
         .expect("check runs");
-    assert_eq!(out.status.code(), Some(1), "some fixtures are denials: exit 1");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "some fixtures are denials: exit 1"
+    );
     let judged: Vec<Value> = serde_json::from_slice(&out.stdout).expect("check JSON");
     assert_eq!(judged.len(), files.len());
     for (f, j) in files.iter().zip(&judged) {
         let review = read_json(f);
         let endpoint = endpoint_of(f);
         let (_, got) = server.post(endpoint, &review).await;
-        let mine = if endpoint == "/mutate" { &j["mutation"] } else { &j["validation"] };
+        let mine = if endpoint == "/mutate" {
+            &j["mutation"]
+        } else {
+            &j["validation"]
+        };
         assert_eq!(&got["response"], mine, "{}", f.display());
     }
 
@@ -256,10 +364,22 @@ async fn check_and_server_agree() {
         .unwrap();
     let judged: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(judged.len(), 2);
-    assert!(judged[0]["mutation"]["patch"].is_string(), "the VMI is stamped");
+    assert!(
+        judged[0]["mutation"]["patch"].is_string(),
+        "the VMI is stamped"
+    );
     assert_eq!(judged[1]["validation"]["allowed"], false);
-    let server2 = TestServer::start(&["--feature-gates", "RecreateVMIOnReboot", "--objects", examples.to_str().unwrap()]).await;
-    let vmi = serde_yaml_ng::from_str::<Value>(&std::fs::read_to_string(examples.join("installer-vmi.yaml")).unwrap()).unwrap();
+    let server2 = TestServer::start(&[
+        "--feature-gates",
+        "RecreateVMIOnReboot",
+        "--objects",
+        examples.to_str().unwrap(),
+    ])
+    .await;
+    let vmi = serde_yaml_ng::from_str::<Value>(
+        &std::fs::read_to_string(examples.join("installer-vmi.yaml")).unwrap(),
+    )
+    .unwrap();
     let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
         "uid": "00000000-0000-0000-0000-000000000001",
         "kind": {"group": "kubevirt.io", "version": "v1", "kind": "VirtualMachineInstance"},

@@ -605,6 +605,16 @@ fn mutated(obj: &Value, v: &Verdict) -> Value {
     out
 }
 
+/// name, VMI, owner, expected annotations, expected rebootPolicy, patch length
+type MutationRow = (
+    &'static str,
+    Value,
+    Owner,
+    Option<Value>,
+    Option<Value>,
+    usize,
+);
+
 #[test]
 fn mutation_of_vmi_create() {
     let p = policy(Mode::Enforce, BootOnceMode::Native);
@@ -613,7 +623,7 @@ fn mutation_of_vmi_create() {
         gate: true,
     };
     #[rustfmt::skip]
-    let rows: Vec<(&str, Value, Owner, Option<Value>, Option<Value>, usize)> = vec![
+    let rows: Vec<MutationRow> = vec![
         // name, VMI, owner, expected annotations, expected rebootPolicy, ops
         ("BootOnce owner, bare VMI", vmi(None, None, true), owner(RunStrategy::BootOnce, false),
             Some(json!({BOOTONCE_ANNOTATION: "BootOnce"})), Some(json!("Terminate")), 2),
