@@ -238,7 +238,10 @@ impl Verdict {
     pub fn message(&self) -> String {
         self.causes
             .iter()
-            .map(|c| format!("{}: {}", c.field, c.message))
+            .map(|c| match c.field.as_str() {
+                "" => c.message.clone(),
+                f => format!("{f}: {}", c.message),
+            })
             .collect::<Vec<_>>()
             .join("; ")
     }
