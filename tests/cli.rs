@@ -1,0 +1,161 @@
+//! The commands as a user runs them: `certs`, and `check` with its exit
+//! codes, stdin and output formats.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_kubevirt-reboot-webhook"))
+}
+
+fn examples() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
+}
+
+#[test]
+fn certs_writes_a_ca_and_a_serving_certificate_for_the_hosts() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .args(["certs", "--out"])
+        .arg(dir.path())
+        .args(["--host", "hook.example.svc", "--host", "10.0.0.7"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use std::os::unix::fs::PermissionsExt;
+    for (f, secret) in [
+        ("ca.crt", false),
+        ("ca.key", true),
+        ("tls.crt", false),
+        ("tls.key", true),
+    ] {
+        let meta = std::fs::metadata(dir.path().join(f)).unwrap_or_else(|_| panic!("{f} written"));
+        if secret {
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{f} is private");
+        }
+    }
+    let pem = std::fs::read(dir.path().join("tls.crt")).unwrap();
+    let (_, der) = x509_parser::pem::parse_x509_pem(&pem).unwrap();
+    let cert = der.parse_x509().unwrap();
+    let san = cert.subject_alternative_name().unwrap().unwrap();
+    let names: Vec<String> = san
+        .value
+        .general_names
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.contains("hook.example.svc")),
+        "{names:?}"
+    );
+    assert!(
+        names.iter().any(|n| n == "IPAddress(0a:00:00:07)"),
+        "an IP SAN, not a DNS name: {names:?}"
+    );
+    // The leaf is signed by the CA next to it.
+    let ca_pem = std::fs::read(dir.path().join("ca.crt")).unwrap();
+    let (_, ca_der) = x509_parser::pem::parse_x509_pem(&ca_pem).unwrap();
+    let ca = ca_der.parse_x509().unwrap();
+    assert_eq!(cert.issuer(), ca.subject());
+}
+
+#[test]
+fn check_exit_codes_and_text_output() {
+    let ok = bin()
+        .arg("check")
+        .arg(examples().join("bootonce-vm.yaml"))
+        .arg(examples().join("terminate-vm.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
+    let text = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        text.contains("VirtualMachine default/installer: allowed"),
+        "{text}"
+    );
+    assert!(
+        text.contains("2 objects judged: 2 allowed, 0 denied"),
+        "{text}"
+    );
+
+    let denied = bin()
+        .arg("check")
+        .arg(examples().join("invalid/bootonce-with-reboot.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(denied.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&denied.stdout);
+    assert!(text.contains("DENIED"), "{text}");
+    assert!(
+        text.contains("denied: spec.running: Invalid value: true"),
+        "{text}"
+    );
+    assert!(
+        text.contains("denied: spec.template.spec.domain.rebootPolicy: Invalid value: \"Reboot\""),
+        "{text}"
+    );
+
+    // The gate off makes the valid examples fail, naming the gate.
+    let off = bin()
+        .args(["check", "--feature-gates", ""])
+        .arg(examples().join("terminate-vm.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(off.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&off.stdout).contains("RecreateVMIOnReboot"));
+
+    // Usage and input errors: exit 2 with a message on stderr.
+    let missing = bin()
+        .args(["check", "/nonexistent/vm.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read /nonexistent/vm.yaml"));
+    let usage = bin().args(["check"]).output().unwrap();
+    assert_eq!(usage.status.code(), Some(2));
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("broken.yaml");
+    std::fs::write(&broken, "kind: VirtualMachine\nspec: [unclosed\n").unwrap();
+    let bad = bin().arg("check").arg(&broken).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("broken.yaml: document 1"));
+}
+
+#[test]
+fn check_reads_stdin_and_prints_json_responses() {
+    let manifest = std::fs::read_to_string(examples().join("bootonce-vm.yaml")).unwrap()
+        + "---\n"
+        + &std::fs::read_to_string(examples().join("installer-vmi.yaml")).unwrap()
+        + "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n";
+    let mut child = bin()
+        .args(["check", "--output", "json", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(manifest.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let judged: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(judged.len(), 2, "the ConfigMap is not judged");
+    assert_eq!(judged[0]["source"], "-#1");
+    assert_eq!(judged[1]["kind"], "VirtualMachineInstance");
+    // The VM in the same stream is the VMI's owner: the VMI gets stamped.
+    assert_eq!(judged[1]["mutation"]["patchType"], "JSONPatch");
+    assert_eq!(judged[1]["validation"]["allowed"], true);
+}
