@@ -63,11 +63,29 @@ fn compat_rewrite(kind: Kind, req: &AdmissionRequest, obj: &Value, ctx: Context<
     let rs = get(obj, vm_spec)
         .and_then(|s| s.get("runStrategy"))
         .and_then(Value::as_str);
+    let domain: Vec<&str> = layout.vmi_spec.iter().copied().chain(["domain"]).collect();
+    // The old object is a VM this webhook stored as compat BootOnce.
+    let was_bootonce = req.operation == Operation::Update
+        && req.old_object.as_ref().is_some_and(|old| {
+            get(old, vm_spec)
+                .and_then(|s| s.get("runStrategy"))
+                .and_then(Value::as_str)
+                == Some("Once")
+                && annotation(old, vm_meta).and_then(Value::as_str) == Some(BOOTONCE)
+        });
+    // BootOnce with template `Reboot` is denied; rewriting it first would add
+    // annotation causes about annotations the user never wrote.
+    let reboot = get(obj, &domain)
+        .and_then(|d| d.get("rebootPolicy"))
+        .and_then(Value::as_str)
+        == Some("Reboot");
     let mut p = PatchBuilder::default();
     match rs {
-        // Without the gate the rewrite would only move the denial to
-        // rebootPolicy; leave BootOnce for validation to explain.
-        Some(BOOTONCE) if ctx.gate => {
+        // Without the gate, leave BootOnce for validation to deny with the
+        // plain gate message. A VM already stored as compat BootOnce is
+        // rewritten anyway, so that re-applying its manifest ratchets like
+        // any unchanged field.
+        Some(BOOTONCE) if (ctx.gate || was_bootonce) && !reboot => {
             p.set(obj, vm_spec, "runStrategy", "Once".into());
             let annotations = |m: &[&'static str]| [m, &["annotations"]].concat();
             p.set(
@@ -82,23 +100,13 @@ fn compat_rewrite(kind: Kind, req: &AdmissionRequest, obj: &Value, ctx: Context<
                 BOOTONCE_ANNOTATION,
                 BOOTONCE.into(),
             );
-            let domain: Vec<&str> = layout.vmi_spec.iter().copied().chain(["domain"]).collect();
             p.set_default(obj, &domain, "rebootPolicy", "Terminate".into());
         }
         Some(BOOTONCE | "Once") => {}
-        _ if req.operation == Operation::Update => {
-            // Only undo what this webhook did: the old object was a compat BootOnce VM.
-            let was_bootonce = req.old_object.as_ref().is_some_and(|old| {
-                get(old, vm_spec)
-                    .and_then(|s| s.get("runStrategy"))
-                    .and_then(Value::as_str)
-                    == Some("Once")
-                    && annotation(old, vm_meta).and_then(Value::as_str) == Some(BOOTONCE)
-            });
-            if was_bootonce {
-                for meta in [vm_meta, tmpl_meta] {
-                    p.remove(obj, &[meta, &["annotations"]].concat(), BOOTONCE_ANNOTATION);
-                }
+        // Only undo what this webhook did: the old object was a compat BootOnce VM.
+        _ if was_bootonce => {
+            for meta in [vm_meta, tmpl_meta] {
+                p.remove(obj, &[meta, &["annotations"]].concat(), BOOTONCE_ANNOTATION);
             }
         }
         _ => {}

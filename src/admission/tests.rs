@@ -1096,3 +1096,120 @@ fn compat_annotation_rules() {
         json!([{"op": "remove", "path": "/metadata/annotations/runstrategy.kubevirt.io"}])
     );
 }
+
+// ---- review findings ----
+
+#[test]
+fn compat_bootonce_with_reboot_reports_only_the_reboot_cause() {
+    // The user wrote BootOnce + Reboot and no annotation: the denial must be
+    // about rebootPolicy alone, not about annotations the webhook itself wrote.
+    let p = compat();
+    let req = request(
+        Kind::Vm,
+        Operation::Create,
+        USER,
+        vm(Some("BootOnce"), Some(json!("Reboot"))),
+        None,
+    );
+    let (_, _, v) = mutate_then_validate(&p, &req, true);
+    check_row(
+        "VM BootOnce + Reboot",
+        &v,
+        &Expect {
+            causes: &[(TMPL_RP, FieldValueInvalid, "use rebootPolicy \"Terminate\"")],
+            warnings: &[],
+        },
+    );
+    let req = request(
+        Kind::Pool,
+        Operation::Create,
+        USER,
+        pool(Some("BootOnce"), Some("Reboot")),
+        None,
+    );
+    let (_, _, v) = mutate_then_validate(&p, &req, true);
+    check_row(
+        "pool BootOnce + Reboot",
+        &v,
+        &Expect {
+            causes: &[(POOL_RP, FieldValueInvalid, "use rebootPolicy \"Terminate\"")],
+            warnings: &[],
+        },
+    );
+}
+
+/// name, operation, object, old object, user, expectation
+type UpdateRow = (
+    &'static str,
+    Operation,
+    Value,
+    Option<Value>,
+    &'static str,
+    Expect,
+);
+
+#[test]
+fn compat_bootonce_needs_the_gate_with_ratcheting() {
+    let p = compat();
+    let stored = stored_compat_vm();
+    let mut hand_written = vm(Some("Once"), None);
+    hand_written["metadata"]["annotations"] = json!({ BOOTONCE_ANNOTATION: "BootOnce" });
+    let mut csa_reapply = stored.clone();
+    csa_reapply["spec"]["runStrategy"] = json!("BootOnce");
+    let mut ssa_reapply = vm(Some("BootOnce"), None);
+    ssa_reapply["metadata"] = stored["metadata"].clone();
+    ssa_reapply["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("annotations");
+    #[rustfmt::skip]
+    let rows: Vec<UpdateRow> = vec![
+        ("hand-written Once + annotation, gate off", Operation::Create, hand_written.clone(), None, USER,
+            Expect { causes: &[("spec.runStrategy", FieldValueInvalid, "requires the feature gate RecreateVMIOnReboot")], warnings: &[] }),
+        ("annotation added to a plain Once VM, gate off", Operation::Update, hand_written.clone(), Some(vm(Some("Once"), None)), USER,
+            Expect { causes: &[("spec.runStrategy", FieldValueInvalid, "feature gate")], warnings: &[] }),
+        ("hand-written, trusted, gate off", Operation::Create, hand_written, None, CONTROLLER,
+            Expect { causes: &[], warnings: &["trusted KubeVirt requester"] }),
+        ("unrelated edit of a stored compat VM, gate off", Operation::Update, stored.clone(), Some(stored.clone()), USER,
+            Expect { causes: &[], warnings: &["unchanged", "unchanged"] }),
+        ("client-side re-apply of BootOnce, gate off", Operation::Update, csa_reapply, Some(stored.clone()), USER,
+            Expect { causes: &[], warnings: &["unchanged", "unchanged"] }),
+        ("server-side re-apply of BootOnce, gate off", Operation::Update, ssa_reapply, Some(stored.clone()), USER,
+            Expect { causes: &[], warnings: &["unchanged", "unchanged"] }),
+        ("new BootOnce VM, gate off", Operation::Create, vm(Some("BootOnce"), None), None, USER,
+            Expect { causes: &[("spec.runStrategy", FieldValueInvalid, "feature gate")], warnings: &[] }),
+    ];
+    for (name, op, obj, old, user, want) in rows {
+        let req = request(Kind::Vm, op, user, obj, old);
+        let (after, _, v) = mutate_then_validate(&p, &req, false);
+        check_row(name, &v, &want);
+        if name.contains("re-apply") {
+            assert_eq!(after, stored, "{name}: the same stored object");
+        }
+    }
+}
+
+#[test]
+fn compat_does_not_open_the_pools_own_metadata() {
+    let p = compat();
+    let mut obj = pool(Some("Once"), None);
+    obj["metadata"]["annotations"] = json!({ BOOTONCE_ANNOTATION: "BootOnce" });
+    let req = request(Kind::Pool, Operation::Create, USER, obj, None);
+    let v = decide(
+        Endpoint::Validate,
+        &req,
+        Context {
+            policy: &p,
+            gate: true,
+        },
+        &Owner::None,
+    );
+    check_row(
+        "pool metadata",
+        &v,
+        &Expect {
+            causes: &[("metadata.annotations", FieldValueForbidden, "reserved")],
+            warnings: &[],
+        },
+    );
+}

@@ -61,11 +61,25 @@ impl Judge<'_> {
 
     /// The gate rule for a field that needs it; ratchets and trusts as the contract says.
     fn require_gate(&mut self, path: &[&str], value: &Value, what: &str) {
+        let kept = self.unchanged(path, Some(value));
+        self.require_gate_kept(path, value, what, kept, "remove the field");
+    }
+
+    /// The gate rule with the ratcheting decided by the caller (`kept`), and
+    /// `undo` saying how to do without the gate.
+    fn require_gate_kept(
+        &mut self,
+        path: &[&str],
+        value: &Value,
+        what: &str,
+        kept: bool,
+        undo: &str,
+    ) {
         if self.ctx.gate {
             return;
         }
         let f = field(path, &[]);
-        if self.unchanged(path, Some(value)) {
+        if kept {
             self.warn(format!(
                 "{f}: {what} is kept because it is unchanged, but the feature gate {} is disabled, so KubeVirt ignores it",
                 gate_names()
@@ -80,7 +94,7 @@ impl Judge<'_> {
                 CauseReason::FieldValueInvalid,
                 f,
                 format!(
-                    "Invalid value: {}: {what} requires the feature gate {GATE_NAME}; enable \"{GATE_NAME}\" (or its upstream name \"{UPSTREAM}\") in the KubeVirt resource's spec.configuration.developerConfiguration.featureGates, or remove the field",
+                    "Invalid value: {}: {what} requires the feature gate {GATE_NAME}; enable \"{GATE_NAME}\" (or its upstream name \"{UPSTREAM}\") in the KubeVirt resource's spec.configuration.developerConfiguration.featureGates, or {undo}",
                     value,
                     GATE_NAME = super::GATE,
                     UPSTREAM = super::GATE_UPSTREAM,
@@ -156,6 +170,24 @@ fn run_strategy(j: &mut Judge<'_>, rp_path: &[&str], rp: Option<&Value>) {
 
     if let (Some(v), Some(BOOTONCE)) = (rs_value, rs) {
         j.require_gate(&rs_path, v, "runStrategy BootOnce");
+    }
+    // Compat mode stores BootOnce as Once + annotation: the same feature,
+    // the same gate, kept while the old object was compat BootOnce too.
+    if let (Some(v), Some("Once"), true) = (rs_value, rs, bootonce) {
+        let kept = j.update
+            && j.old
+                .is_some_and(|o| is_bootonce(o, j.kind, j.ctx.policy.bootonce));
+        let vm_meta = layout.vm_meta.unwrap_or_default();
+        j.require_gate_kept(
+            &rs_path,
+            v,
+            &format!(
+                "runStrategy BootOnce (stored as runStrategy Once with the annotation {BOOTONCE_ANNOTATION}: BootOnce in {})",
+                field(vm_meta, &["annotations"])
+            ),
+            kept,
+            &format!("remove the annotation from {}", field(vm_meta, &["annotations"])),
+        );
     }
     if let Some(s) = rs.filter(|s| *s != BOOTONCE && s.eq_ignore_ascii_case(BOOTONCE)) {
         j.deny(
@@ -252,6 +284,10 @@ fn template_annotations(j: &mut Judge<'_>, rp: Option<&Value>) {
         let Some(value) = annotation(j.obj, meta) else {
             continue;
         };
+        // Only the VM-level and VMI template metadata: a pool's own metadata
+        // is never written by the webhook.
+        let compat_ok =
+            compat_ok && (layout.vm_meta == Some(*meta) || layout.vmi_template_meta == Some(*meta));
         let f = field(meta, &["annotations"]);
         check_annotation_value(j, &f, value);
         let key_path: Vec<&str> = meta
