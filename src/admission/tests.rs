@@ -1213,3 +1213,58 @@ fn compat_does_not_open_the_pools_own_metadata() {
         },
     );
 }
+
+#[test]
+fn hints_name_the_right_field_for_each_kind() {
+    let p = policy(Mode::Enforce, BootOnceMode::Native);
+    let ctx = Context {
+        policy: &p,
+        gate: true,
+    };
+    let mut obj = pool(Some("BootOnce"), None);
+    obj["spec"]["virtualMachineTemplate"]["spec"]["running"] = json!(true);
+    let v = decide(
+        Endpoint::Validate,
+        &request(Kind::Pool, Operation::Create, USER, obj, None),
+        ctx,
+        &Owner::None,
+    );
+    assert!(
+        v.causes[0]
+            .message
+            .ends_with("remove spec.virtualMachineTemplate.spec.running"),
+        "{:?}",
+        v.causes
+    );
+
+    let ann = json!({ BOOTONCE_ANNOTATION: "BootOnce" });
+    let mut obj = pool(Some("Always"), None);
+    obj["spec"]["virtualMachineTemplate"]["metadata"]["annotations"] = ann.clone();
+    let v = decide(
+        Endpoint::Validate,
+        &request(Kind::Pool, Operation::Create, USER, obj, None),
+        ctx,
+        &Owner::None,
+    );
+    assert!(
+        v.causes[0]
+            .message
+            .contains("set spec.virtualMachineTemplate.spec.runStrategy: BootOnce"),
+        "{:?}",
+        v.causes
+    );
+
+    let mut obj = vmirs(None);
+    obj["spec"]["template"]["metadata"] = json!({ "annotations": ann });
+    let v = decide(
+        Endpoint::Validate,
+        &request(Kind::Vmirs, Operation::Create, USER, obj, None),
+        ctx,
+        &Owner::None,
+    );
+    let m = &v.causes[0].message;
+    assert!(
+        m.contains("remove it") && !m.contains("on the VirtualMachine instead"),
+        "{m}"
+    );
+}

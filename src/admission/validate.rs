@@ -202,7 +202,10 @@ fn run_strategy(j: &mut Judge<'_>, rp_path: &[&str], rp: Option<&Value>) {
             j.deny(
                 CauseReason::FieldValueInvalid,
                 field(&running_path, &[]),
-                format!("Invalid value: {running}: running cannot be set together with runStrategy BootOnce; remove spec.running"),
+                format!(
+                    "Invalid value: {running}: running cannot be set together with runStrategy BootOnce; remove {}",
+                    field(&running_path, &[])
+                ),
             );
         }
         if rp.and_then(Value::as_str) == Some("Reboot") {
@@ -297,9 +300,12 @@ fn template_annotations(j: &mut Judge<'_>, rp: Option<&Value>) {
             .collect();
         let set_here = !j.unchanged(&key_path, Some(value));
         if !j.trusted && set_here && !compat_ok {
-            let hint = match j.ctx.policy.bootonce {
-                BootOnceMode::Native => "set spec.runStrategy: BootOnce on the VirtualMachine instead",
-                BootOnceMode::Compat => "set spec.runStrategy: BootOnce on the VirtualMachine instead; the webhook writes this annotation itself",
+            let hint = match (j.kind, j.ctx.policy.bootonce) {
+                (Kind::Vmirs, _) => "remove it; BootOnce is a runStrategy of VirtualMachines and VirtualMachinePools, which VirtualMachineInstanceReplicaSets do not have",
+                (Kind::Pool, BootOnceMode::Native) => "set spec.virtualMachineTemplate.spec.runStrategy: BootOnce on the VirtualMachinePool instead",
+                (Kind::Pool, BootOnceMode::Compat) => "set spec.virtualMachineTemplate.spec.runStrategy: BootOnce on the VirtualMachinePool instead; the webhook writes this annotation itself",
+                (_, BootOnceMode::Native) => "set spec.runStrategy: BootOnce on the VirtualMachine instead",
+                (_, BootOnceMode::Compat) => "set spec.runStrategy: BootOnce on the VirtualMachine instead; the webhook writes this annotation itself",
             };
             j.deny(
                 CauseReason::FieldValueForbidden,
