@@ -43,18 +43,31 @@ impl Judged {
     }
 }
 
-/// Builds the review the API server would send for creating `obj`.
-pub fn review_for(obj: &Value, index: usize, user: &UserInfo) -> Option<Review> {
+/// Builds the review the API server would send for creating `obj`; `None`
+/// for an object this webhook does not judge. A document that is itself an
+/// AdmissionReview is judged as given, or is an input error when the server
+/// would answer it with 400.
+pub fn review_for(
+    obj: &Value,
+    index: usize,
+    user: &UserInfo,
+) -> Result<Option<Review>, review::DecodeError> {
     if obj.get("kind").and_then(Value::as_str) == Some(review::KIND) {
-        return review::decode(obj.to_string().as_bytes()).ok();
+        return review::decode(obj.to_string().as_bytes()).map(Some);
     }
-    let api_version = obj.get("apiVersion").and_then(Value::as_str)?;
+    let Some(api_version) = obj.get("apiVersion").and_then(Value::as_str) else {
+        return Ok(None);
+    };
     let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
-    let kind = obj.get("kind").and_then(Value::as_str)?;
-    Kind::from_gvk(group, version, kind)?;
+    let Some(kind) = obj.get("kind").and_then(Value::as_str) else {
+        return Ok(None);
+    };
+    if Kind::from_gvk(group, version, kind).is_none() {
+        return Ok(None);
+    }
     let meta = obj.get("metadata");
     let field = |k: &str| meta.and_then(|m| m.get(k)).and_then(Value::as_str);
-    Some(Review {
+    Ok(Some(Review {
         api_version: review::API_VERSION.into(),
         request: AdmissionRequest {
             uid: format!("00000000-0000-0000-0000-{index:012}"),
@@ -72,7 +85,7 @@ pub fn review_for(obj: &Value, index: usize, user: &UserInfo) -> Option<Review> 
             old_object: None,
             dry_run: true,
         },
-    })
+    }))
 }
 
 /// Mutation, then validation of the patched object.
@@ -143,8 +156,9 @@ fn run_inner(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let mut skipped = Vec::new();
     for (i, d) in docs.into_iter().enumerate() {
         match review_for(&d.value, i + 1, &user) {
-            Some(r) => judged.push(runtime.block_on(judge(&webhook, d.source, r))),
-            None => skipped.push(d),
+            Ok(Some(r)) => judged.push(runtime.block_on(judge(&webhook, d.source, r))),
+            Ok(None) => skipped.push(d),
+            Err(e) => anyhow::bail!("{}: {e}", d.source),
         }
     }
     let mut out = std::io::stdout().lock();

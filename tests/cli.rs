@@ -129,6 +129,21 @@ fn check_exit_codes_and_text_output() {
     let bad = bin().arg("check").arg(&broken).output().unwrap();
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("broken.yaml: document 1"));
+    // An AdmissionReview the server would answer with 400 is an input error,
+    // not an object "not judged".
+    let review = dir.path().join("review.json");
+    std::fs::write(
+        &review,
+        r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"kind":{"group":"kubevirt.io","version":"v1","kind":"VirtualMachine"},"operation":"CREATE","object":{}}}"#,
+    )
+    .unwrap();
+    let bad = bin().arg("check").arg(&review).output().unwrap();
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("review.json") && stderr.contains("request.uid is missing"),
+        "{stderr}"
+    );
 }
 
 #[test]
