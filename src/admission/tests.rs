@@ -369,7 +369,7 @@ fn reserved_annotation_on_vmi_create() {
         ("owner Always", vmi(None, Some("BootOnce"), true), USER, owner(RunStrategy::Other, false),
             Expect { causes: &[("metadata.annotations", FieldValueForbidden, "controller owner is a VirtualMachine with runStrategy BootOnce")], warnings: &[] }),
         ("no owner", vmi(None, Some("BootOnce"), false), USER, Owner::None,
-            Expect { causes: &[("metadata.annotations", FieldValueForbidden, "reserved")], warnings: &[] }),
+            Expect { causes: &[("metadata.annotations", FieldValueForbidden, "reserved for VMIs whose controller owner is a VirtualMachine with runStrategy BootOnce; remove it")], warnings: &[] }),
         ("owner gone", vmi(None, Some("BootOnce"), true), USER, Owner::Gone,
             Expect { causes: &[("metadata.annotations", FieldValueForbidden, "reserved")], warnings: &[] }),
         ("owner unreadable", vmi(None, Some("BootOnce"), true), USER, Owner::Unavailable("API down".into()),

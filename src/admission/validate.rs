@@ -359,11 +359,18 @@ fn vmi_rules(
                 f,
                 format!("the owner VirtualMachine could not be read to verify the annotation {BOOTONCE_ANNOTATION} ({why}); retry the request"),
             ),
-            _ => j.deny(
-                CauseReason::FieldValueForbidden,
-                f,
-                format!("Forbidden: the annotation {BOOTONCE_ANNOTATION} is reserved for VMIs whose controller owner is a VirtualMachine with runStrategy BootOnce; set spec.runStrategy: BootOnce on the VirtualMachine instead"),
-            ),
+            _ => {
+                let hint = match owner {
+                    // A VMI without a VirtualMachine has no runStrategy to set.
+                    Owner::None => "remove it; to boot once, run the VMI from a VirtualMachine with spec.runStrategy: BootOnce",
+                    _ => "set spec.runStrategy: BootOnce on the VirtualMachine instead",
+                };
+                j.deny(
+                    CauseReason::FieldValueForbidden,
+                    f,
+                    format!("Forbidden: the annotation {BOOTONCE_ANNOTATION} is reserved for VMIs whose controller owner is a VirtualMachine with runStrategy BootOnce; {hint}"),
+                )
+            }
         },
         Operation::Update => {
             let old_value = j.old.and_then(|o| annotation(o, &["metadata"]));
