@@ -37,6 +37,25 @@ pub enum DecodeError {
     Missing(&'static str),
     #[error("request.object is missing for a {0} request")]
     NoObject(&'static str),
+    #[error("request.{0} must be a JSON object, got {1}")]
+    NotObject(&'static str, &'static str),
+}
+
+/// Accepts an absent or null object, or a JSON object; names anything else.
+fn object_or_null(name: &'static str, v: Option<Value>) -> Result<Option<Value>, DecodeError> {
+    match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(o @ Value::Object(_)) => Ok(Some(o)),
+        Some(other) => Err(DecodeError::NotObject(
+            name,
+            match other {
+                Value::Bool(_) => "a boolean",
+                Value::Number(_) => "a number",
+                Value::String(_) => "a string",
+                _ => "an array",
+            },
+        )),
+    }
 }
 
 /// `request.operation`.
@@ -193,7 +212,8 @@ pub fn decode(body: &[u8]) -> Result<Review, DecodeError> {
         .filter(|k| !k.kind.is_empty())
         .ok_or(DecodeError::Missing("kind"))?;
     let operation = r.operation.ok_or(DecodeError::Missing("operation"))?;
-    let object = r.object.filter(|o| !o.is_null());
+    let object = object_or_null("object", r.object)?;
+    let old_object = object_or_null("oldObject", r.old_object)?;
     if matches!(operation, Operation::Create | Operation::Update) && object.is_none() {
         return Err(DecodeError::NoObject(operation.as_str()));
     }
@@ -208,7 +228,7 @@ pub fn decode(body: &[u8]) -> Result<Review, DecodeError> {
             operation,
             user_info: r.user_info.unwrap_or_default(),
             object,
-            old_object: r.old_object.filter(|o| !o.is_null()),
+            old_object,
             dry_run: r.dry_run.unwrap_or(false),
         },
     })

@@ -1268,3 +1268,41 @@ fn hints_name_the_right_field_for_each_kind() {
         "{m}"
     );
 }
+
+#[test]
+fn objects_that_are_not_json_objects_are_bad_requests() {
+    let review = |object: Value, old: Value| {
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+            "uid": "u", "kind": {"group": "kubevirt.io", "version": "v1", "kind": "VirtualMachineInstance"},
+            "operation": "UPDATE", "object": object, "oldObject": old}})
+        .to_string()
+    };
+    let vmi = vmi(None, None, true);
+    for (object, old, want) in [
+        (
+            json!("vmi"),
+            vmi.clone(),
+            "request.object must be a JSON object, got a string",
+        ),
+        (
+            json!([1]),
+            vmi.clone(),
+            "request.object must be a JSON object, got an array",
+        ),
+        (
+            json!(5),
+            vmi.clone(),
+            "request.object must be a JSON object, got a number",
+        ),
+        (
+            vmi.clone(),
+            json!(true),
+            "request.oldObject must be a JSON object, got a boolean",
+        ),
+    ] {
+        let err = review::decode(review(object, old).as_bytes()).unwrap_err();
+        assert_eq!(err.to_string(), want);
+    }
+    assert!(review::decode(review(vmi.clone(), Value::Null).as_bytes()).is_ok());
+    assert!(review::decode(review(vmi.clone(), vmi).as_bytes()).is_ok());
+}
