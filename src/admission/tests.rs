@@ -126,6 +126,16 @@ fn owner(rs: RunStrategy, annotated: bool) -> Owner {
     })
 }
 
+/// `decide` for the validating webhook with policy `p` and gate `gate`.
+fn validate(p: &Policy, req: &AdmissionRequest, gate: bool, owner: &Owner) -> Verdict {
+    decide(Endpoint::Validate, req, Context { policy: p, gate }, owner)
+}
+
+/// `decide` for the mutating webhook with policy `p` and gate `gate`.
+fn mutate(p: &Policy, req: &AdmissionRequest, gate: bool, owner: &Owner) -> Verdict {
+    decide(Endpoint::Mutate, req, Context { policy: p, gate }, owner)
+}
+
 /// What a row expects: causes as (field, reason, message part), warnings as parts.
 struct Expect {
     causes: &'static [(&'static str, CauseReason, &'static str)],
@@ -226,12 +236,7 @@ fn validation_rules_on_create() {
     ];
     for (name, kind, obj, gate, user, want) in rows {
         let req = request(kind, Operation::Create, user, obj, None);
-        let v = decide(
-            Endpoint::Validate,
-            &req,
-            Context { policy: &p, gate },
-            &Owner::None,
-        );
+        let v = validate(&p, &req, gate, &Owner::None);
         check_row(name, &v, &want);
     }
 }
@@ -242,15 +247,7 @@ fn running_with_bootonce() {
     let mut obj = vm(Some("BootOnce"), None);
     obj["spec"]["running"] = json!(false);
     let req = request(Kind::Vm, Operation::Create, USER, obj, None);
-    let v = decide(
-        Endpoint::Validate,
-        &req,
-        Context {
-            policy: &p,
-            gate: true,
-        },
-        &Owner::None,
-    );
+    let v = validate(&p, &req, true, &Owner::None);
     check_row(
         "running",
         &v,
@@ -267,15 +264,7 @@ fn running_with_bootonce() {
     let mut obj = pool(Some("BootOnce"), None);
     obj["spec"]["virtualMachineTemplate"]["spec"]["running"] = json!(true);
     let req = request(Kind::Pool, Operation::Create, USER, obj, None);
-    let v = decide(
-        Endpoint::Validate,
-        &req,
-        Context {
-            policy: &p,
-            gate: true,
-        },
-        &Owner::None,
-    );
+    let v = validate(&p, &req, true, &Owner::None);
     check_row(
         "pool running",
         &v,
@@ -322,30 +311,14 @@ fn reserved_annotation_on_templates() {
     ];
     for (name, kind, obj, user, want) in rows {
         let req = request(kind, Operation::Create, user, obj, None);
-        let v = decide(
-            Endpoint::Validate,
-            &req,
-            Context {
-                policy: &p,
-                gate: true,
-            },
-            &Owner::None,
-        );
+        let v = validate(&p, &req, true, &Owner::None);
         check_row(name, &v, &want);
     }
     // A wrong value is wrong for everyone, trusted or not.
     let mut obj = vm(Some("BootOnce"), None);
     obj["spec"]["template"]["metadata"]["annotations"] = json!({ BOOTONCE_ANNOTATION: "Always" });
     let req = request(Kind::Vm, Operation::Create, CONTROLLER, obj, None);
-    let v = decide(
-        Endpoint::Validate,
-        &req,
-        Context {
-            policy: &p,
-            gate: true,
-        },
-        &Owner::None,
-    );
+    let v = validate(&p, &req, true, &Owner::None);
     check_row(
         "bad value",
         &v,
@@ -388,15 +361,7 @@ fn reserved_annotation_on_vmi_create() {
         if user == "bob" {
             req.user_info.groups.push("kubevirt-admins".into());
         }
-        let v = decide(
-            Endpoint::Validate,
-            &req,
-            Context {
-                policy: &p,
-                gate: true,
-            },
-            &own,
-        );
+        let v = validate(&p, &req, true, &own);
         check_row(name, &v, &want);
     }
 }
@@ -522,12 +487,7 @@ fn ratcheting_and_updates() {
     ];
     for (name, kind, new, old, gate, user, want) in rows {
         let req = request(kind, Operation::Update, user, new, Some(old));
-        let v = decide(
-            Endpoint::Validate,
-            &req,
-            Context { policy: &p, gate },
-            &Owner::None,
-        );
+        let v = validate(&p, &req, gate, &Owner::None);
         check_row(name, &v, &want);
     }
 }
@@ -578,15 +538,7 @@ fn warn_mode_turns_denials_into_warnings() {
         vm(Some("bootonce"), Some(json!("Terminate"))),
         None,
     );
-    let v = decide(
-        Endpoint::Validate,
-        &req,
-        Context {
-            policy: &p,
-            gate: false,
-        },
-        &Owner::None,
-    );
+    let v = validate(&p, &req, false, &Owner::None);
     assert!(v.allowed());
     assert_eq!(v.warnings.len(), 2, "{:#?}", v.warnings);
     assert!(v
@@ -802,15 +754,7 @@ fn denial_message_joins_causes() {
         vm(Some("bootonce"), Some(json!("x"))),
         None,
     );
-    let v = decide(
-        Endpoint::Validate,
-        &req,
-        Context {
-            policy: &p,
-            gate: true,
-        },
-        &Owner::None,
-    );
+    let v = validate(&p, &req, true, &Owner::None);
     assert_eq!(v.causes.len(), 2);
     let msg = v.message();
     for c in &v.causes {
@@ -919,15 +863,7 @@ fn compat_rewrites_bootonce_vms() {
         // Reinvocation and re-application are stable: nothing more to patch.
         let mut again = req.clone();
         again.object = Some(after.clone());
-        let m2 = decide(
-            Endpoint::Mutate,
-            &again,
-            Context {
-                policy: &p,
-                gate: true,
-            },
-            &Owner::None,
-        );
+        let m2 = mutate(&p, &again, true, &Owner::None);
         assert!(
             m2.patch.is_empty(),
             "{name}: reinvocation patched {:?}",
@@ -942,15 +878,7 @@ fn compat_rewrites_bootonce_vms() {
         vm(Some("BootOnce"), None),
         None,
     );
-    let first = decide(
-        Endpoint::Mutate,
-        &req,
-        Context {
-            policy: &p,
-            gate: true,
-        },
-        &Owner::None,
-    );
+    let first = mutate(&p, &req, true, &Owner::None);
     assert_eq!(
         first.patch.len(),
         4,
@@ -1045,15 +973,7 @@ fn compat_annotation_rules() {
     for (name, obj, want) in rows {
         // Validation alone, as if the mutating webhook were bypassed.
         let req = request(Kind::Vm, Operation::Create, USER, obj, None);
-        let v = decide(
-            Endpoint::Validate,
-            &req,
-            Context {
-                policy: &p,
-                gate: true,
-            },
-            &Owner::None,
-        );
+        let v = validate(&p, &req, true, &Owner::None);
         check_row(name, &v, &want);
     }
     // VMIs of compat BootOnce VMs are stamped; users may create them with the annotation.
@@ -1195,15 +1115,7 @@ fn compat_does_not_open_the_pools_own_metadata() {
     let mut obj = pool(Some("Once"), None);
     obj["metadata"]["annotations"] = json!({ BOOTONCE_ANNOTATION: "BootOnce" });
     let req = request(Kind::Pool, Operation::Create, USER, obj, None);
-    let v = decide(
-        Endpoint::Validate,
-        &req,
-        Context {
-            policy: &p,
-            gate: true,
-        },
-        &Owner::None,
-    );
+    let v = validate(&p, &req, true, &Owner::None);
     check_row(
         "pool metadata",
         &v,
