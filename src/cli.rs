@@ -41,6 +41,28 @@ fn duration(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{s:?} is not a duration like 5s, 500ms or 1m"))
 }
 
+/// A byte count: plain bytes, or with a Kubernetes binary suffix
+/// (`Ki`, `Mi`, `Gi`), as in `16Mi`.
+fn byte_size(s: &str) -> Result<usize, String> {
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, ""),
+    };
+    let shift = match unit {
+        "" => 0,
+        "Ki" => 10,
+        "Mi" => 20,
+        "Gi" => 30,
+        _ => return Err(format!("{s:?} is not a size like 16Mi, 512Ki or 1048576")),
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{s:?} is not a positive size like 16Mi, 512Ki or 1048576"))
+}
+
 /// Settings shared by `serve` and `check`.
 #[derive(Args, Debug, Clone)]
 pub struct DecisionArgs {
@@ -137,6 +159,11 @@ pub struct ServeArgs {
     /// Open client connections at most; more wait in the kernel's accept queue.
     #[arg(long, env = "REBOOT_WEBHOOK_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
+    /// Bytes of request bodies read or judged at once (by Content-Length);
+    /// more wait unread. Bounds the memory large objects can take. A body
+    /// without Content-Length counts as the whole budget.
+    #[arg(long, env = "REBOOT_WEBHOOK_MAX_BODY_BYTES_IN_FLIGHT", default_value = "16Mi", value_parser = byte_size)]
+    pub max_body_bytes_in_flight: usize,
     /// Time a client has to send the request headers (HTTP/1.1) and to finish
     /// the TLS handshake.
     #[arg(long, env = "REBOOT_WEBHOOK_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration)]
@@ -192,4 +219,30 @@ pub struct CertsArgs {
     /// DNS name or IP for the serving certificate (repeatable).
     #[arg(long = "host")]
     pub hosts: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::byte_size;
+
+    #[test]
+    fn byte_sizes() {
+        assert_eq!(byte_size("16Mi"), Ok(16 << 20));
+        assert_eq!(byte_size("512Ki"), Ok(512 << 10));
+        assert_eq!(byte_size("1Gi"), Ok(1 << 30));
+        assert_eq!(byte_size("1048576"), Ok(1 << 20));
+        for bad in [
+            "",
+            "0",
+            "0Mi",
+            "16M",
+            "16MB",
+            "Mi",
+            "-1",
+            "1.5Mi",
+            "99999999999999999999Gi",
+        ] {
+            assert!(byte_size(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -168,6 +168,7 @@ pub async fn start(
     let limits = Limits {
         max_concurrent: args.max_concurrent_requests,
         max_connections: args.max_connections,
+        max_body_bytes_in_flight: args.max_body_bytes_in_flight,
         header_read_timeout: args.header_read_timeout,
         handshake_timeout: args.header_read_timeout,
         ..Limits::default()

@@ -39,6 +39,11 @@ pub struct Limits {
     pub max_concurrent: usize,
     /// Open client connections; more wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// Request bodies read or being judged at once, in bytes (by
+    /// Content-Length). A review whose body does not fit waits, unread, in
+    /// the kernel's socket buffer or in HTTP/2 flow control. A body larger
+    /// than the budget, or one without a Content-Length, waits for all of it.
+    pub max_body_bytes_in_flight: usize,
     pub header_read_timeout: Duration,
     pub handshake_timeout: Duration,
     /// Used when the API server sends no `?timeout=`.
@@ -50,6 +55,7 @@ impl Default for Limits {
         Limits {
             max_concurrent: 256,
             max_connections: 4096,
+            max_body_bytes_in_flight: 16 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             default_timeout: Duration::from_secs(10),
@@ -64,6 +70,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     limiter: Semaphore,
+    /// `max_body_bytes_in_flight` in KiB.
+    body_budget: Semaphore,
 }
 
 impl AppState {
@@ -73,9 +81,28 @@ impl AppState {
             webhook,
             readiness,
             limiter: Semaphore::new(limits.max_concurrent.max(1)),
+            body_budget: Semaphore::new(budget_kib(limits.max_body_bytes_in_flight) as usize),
             limits,
         })
     }
+}
+
+/// The body budget in KiB permits: at least one, at most what fits in a
+/// `u32` (`Semaphore::acquire_many` takes a `u32`).
+fn budget_kib(bytes: usize) -> u32 {
+    u32::try_from(bytes.div_ceil(1024))
+        .unwrap_or(u32::MAX)
+        .max(1)
+}
+
+/// KiB of the body budget a request takes: its declared length, or all of
+/// the budget when the length is unknown or larger than the budget.
+fn body_permits(declared: Option<u64>, budget: u32) -> u32 {
+    declared
+        .map_or(budget, |n| {
+            u32::try_from(n.div_ceil(1024)).unwrap_or(u32::MAX)
+        })
+        .clamp(1, budget)
 }
 
 /// The admission routes, without TLS (tests call it in-process).
@@ -270,6 +297,23 @@ async fn handle(
             "the webhook is at its concurrency limit; retry".into(),
         );
     };
+    // Bound the memory held by bodies: 64 reviews of 500 KB read at once
+    // would hold 32 MiB of bodies alone, and the API server allows 7 MiB each.
+    let permits = body_permits(declared, budget_kib(s.limits.max_body_bytes_in_flight));
+    let Ok(Ok(_body_permit)) =
+        tokio::time::timeout_at(deadline, s.body_budget.acquire_many(permits)).await
+    else {
+        s.metrics.error(ErrorClass::overloaded);
+        tracing::warn!(
+            endpoint = endpoint.as_str(),
+            "request bodies in flight at their byte limit; request waited until its deadline"
+        );
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the webhook is at its limit of request bytes in flight; retry".into(),
+        );
+    };
     s.metrics.in_flight.inc();
     let _in_flight = scopeguard(&s.metrics);
 
@@ -453,7 +497,10 @@ async fn serve_tls(
             builder
                 .http1()
                 .timer(TokioTimer::new())
-                .header_read_timeout(state.limits.header_read_timeout);
+                .header_read_timeout(state.limits.header_read_timeout)
+                // hyper otherwise grows each connection's read buffer to
+                // ~400 KiB and keeps it: 25 MiB for 64 connections.
+                .max_buf_size(64 * 1024);
             builder
                 .http2()
                 .timer(TokioTimer::new())
@@ -505,5 +552,23 @@ mod tests {
             Some(Duration::from_secs(2))
         );
         assert_eq!(request_timeout(None), None);
+    }
+
+    #[test]
+    fn body_budget_permits() {
+        let budget = budget_kib(16 * 1024 * 1024);
+        assert_eq!(budget, 16 * 1024);
+        assert_eq!(budget_kib(0), 1);
+        assert_eq!(budget_kib(1), 1);
+        assert_eq!(budget_kib(usize::MAX), u32::MAX);
+        // By declared length, rounded up to whole KiB.
+        assert_eq!(body_permits(Some(0), budget), 1);
+        assert_eq!(body_permits(Some(1), budget), 1);
+        assert_eq!(body_permits(Some(6513), budget), 7);
+        assert_eq!(body_permits(Some(512_000), budget), 500);
+        // Larger than the budget or unknown: all of it, so it still runs.
+        assert_eq!(body_permits(Some(7 * 1024 * 1024), 4096), 4096);
+        assert_eq!(body_permits(Some(u64::MAX), budget), budget);
+        assert_eq!(body_permits(None, budget), budget);
     }
 }

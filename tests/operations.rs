@@ -512,6 +512,49 @@ async fn concurrency_limit_applies_back_pressure_then_recovers() {
 }
 
 #[tokio::test]
+async fn body_byte_budget_applies_back_pressure_then_recovers() {
+    // A few KiB, so that the budget is several permits: each request must
+    // take as many as its length, not one.
+    let mut padded = review();
+    padded["request"]["object"]["metadata"]["annotations"]["padding"] = "x".repeat(3000).into();
+    let body = padded.to_string();
+    // The budget is exactly one body: while A's body trickles in, nothing
+    // else may be read.
+    let mut flags = standalone_flags();
+    flags.extend(["--max-body-bytes-in-flight".into(), body.len().to_string()]);
+    let server = TestServer::start(&strs(&flags)).await;
+    let (addr, ca) = (server.addr, server.certs.ca_pem.clone());
+    let a = tokio::spawn({
+        let (ca, body) = (ca.clone(), body.clone());
+        async move { slow_request(addr, &ca, "?timeout=10s", body, Duration::from_millis(1500)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start = Instant::now();
+    let resp = server
+        .client
+        .post(server.url("/validate?timeout=1s"))
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 503);
+    assert!(start.elapsed() < Duration::from_secs(1));
+    assert!(resp.text().await.unwrap().contains("bytes in flight"));
+    let (status, a_body) = a.await.unwrap().unwrap();
+    assert_eq!(status, 200, "{a_body}");
+    // Once A is done, the budget is free again; and a body larger than the
+    // whole budget is still served (it takes all of it).
+    let (status, _) = server.post("/validate", &review()).await;
+    assert_eq!(status, 200);
+    let mut big = review();
+    big["request"]["object"]["metadata"]["annotations"]["padding"] = "x".repeat(64 * 1024).into();
+    let (status, answer) = server.post("/validate", &big).await;
+    assert_eq!(status, 200, "{answer}");
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn slow_headers_and_silent_handshakes_are_cut_off() {
     let mut flags = standalone_flags();
     flags.extend(["--header-read-timeout".into(), "1s".into()]);
