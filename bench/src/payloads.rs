@@ -1,8 +1,7 @@
 //! Realistic AdmissionReview bodies, generated in code.
 //!
 //! Shared by the load benchmark (this crate) and the decision
-//! micro-benchmark (`benches/decide.rs` includes this file with `#[path]`),
-//! so both measure the same bytes. Only `serde_json` is used here.
+//! micro-benchmark (`src/bin/decide.rs`), so both measure the same bytes. Only `serde_json` is used here.
 //!
 //! The objects look like what a real cluster sends: the VMI as virt-controller
 //! creates it from a VM template (labels, annotations, finalizers, owner

@@ -2,7 +2,9 @@
 //! `Webhook::review` and the server chain it: decode the body, resolve the
 //! owner (in memory: the BootOnce VM), decide, build the response, encode.
 //!
-//! `cargo bench --bench decide` (`make bench` runs it with a short budget).
+//! `make -C bench decide` runs it (a release binary of this crate, not a
+//! `cargo bench` target, so a release build does not also compile the
+//! webhook's test-only dependencies); pass `-- --max-time 5` for more.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -12,9 +14,7 @@ use kubevirt_reboot_webhook::admission::{
     self, Context, Endpoint, Owner, Policy, RunStrategy, Trusted, VmInfo,
 };
 
-#[path = "../bench/src/payloads.rs"]
-#[allow(dead_code)]
-mod payloads;
+use kubevirt_reboot_webhook_bench::payloads;
 
 static PAYLOADS: LazyLock<Vec<payloads::Payload>> = LazyLock::new(payloads::all);
 
