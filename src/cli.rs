@@ -133,7 +133,8 @@ pub struct ServeArgs {
     pub watch_namespaces: Vec<String>,
     #[command(flatten)]
     pub decision: DecisionArgs,
-    /// `warn` turns every denial into an allowed response with warnings.
+    /// `warn` turns every policy denial into an allowed response with
+    /// warnings; a mutation that cannot read the VMI's owner still denies.
     #[arg(long, env = "REBOOT_WEBHOOK_MODE", value_enum, default_value_t)]
     pub mode: Mode,
     /// Plain HTTP address for /metrics, /healthz and /readyz.

@@ -247,8 +247,19 @@ impl Verdict {
     }
 
     /// Applies `--mode warn`: causes become warnings and the request passes.
-    fn apply_mode(mut self, mode: Mode) -> Verdict {
-        if mode == Mode::Warn && !self.causes.is_empty() {
+    ///
+    /// Except a mutation that could not read the VMI's owner: warn mode
+    /// softens policy, not the mechanism, and passing it would let a
+    /// BootOnce VM boot without its annotation (and reboot in place). It
+    /// stays a "retry" denial. Validation has no such stake: a forged
+    /// annotation it could have judged would pass in warn mode anyway.
+    fn apply_mode(mut self, mode: Mode, endpoint: Endpoint) -> Verdict {
+        let undecided_mutation = endpoint == Endpoint::Mutate
+            && self
+                .causes
+                .iter()
+                .any(|c| c.reason == CauseReason::InternalError);
+        if mode == Mode::Warn && !self.causes.is_empty() && !undecided_mutation {
             for c in self.causes.drain(..) {
                 self.warnings.push(format!(
                     "would be denied (warn mode): {}: {}",
@@ -304,7 +315,7 @@ pub fn decide(
         Endpoint::Validate => validate::validate(kind, req, obj, ctx, owner),
         Endpoint::Mutate => mutate::mutate(kind, req, obj, ctx, owner),
     };
-    verdict.apply_mode(ctx.policy.mode)
+    verdict.apply_mode(ctx.policy.mode, endpoint)
 }
 
 /// The gate's names as users read them in messages.

@@ -745,6 +745,39 @@ fn unreadable_owner_denies_mutation_with_retry() {
 }
 
 #[test]
+fn warn_mode_keeps_the_unreadable_owner_mutation_denial() {
+    let p = policy(Mode::Warn, BootOnceMode::Native);
+    let req = request(
+        Kind::Vmi,
+        Operation::Create,
+        CONTROLLER,
+        vmi(None, None, true),
+        None,
+    );
+    let unreadable = Owner::Unavailable("connection refused".into());
+    let v = mutate(&p, &req, true, &unreadable);
+    assert!(!v.allowed(), "{v:?}");
+    assert_eq!(v.causes[0].reason, CauseReason::InternalError);
+    assert!(v.causes[0].message.contains("retry"));
+    assert!(v.warnings.is_empty() && v.patch.is_empty());
+    // A policy denial in the same mode still becomes a warning ...
+    let forged = request(
+        Kind::Vmi,
+        Operation::Create,
+        USER,
+        vmi(None, Some("BootOnce"), false),
+        None,
+    );
+    let v = validate(&p, &forged, true, &Owner::None);
+    assert!(v.allowed() && v.warnings.len() == 1, "{v:?}");
+    // ... and so does validation's "owner unreadable": a forgery it could
+    // have judged would pass in warn mode too.
+    let v = validate(&p, &forged, true, &unreadable);
+    assert!(v.allowed(), "{v:?}");
+    assert!(v.warnings[0].contains("retry"), "{v:?}");
+}
+
+#[test]
 fn denial_message_joins_causes() {
     let p = policy(Mode::Enforce, BootOnceMode::Native);
     let req = request(
