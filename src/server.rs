@@ -17,7 +17,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -242,6 +242,31 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
         .then(|| Duration::from_secs_f64(total))
 }
 
+/// Waits until `deadline` for `permits` of `limiter`; past it, a 503 that
+/// names the `limit` and asks the API server to retry.
+async fn admit<'a>(
+    s: &AppState,
+    limiter: &'a Semaphore,
+    permits: u32,
+    deadline: Instant,
+    endpoint: Endpoint,
+    limit: &str,
+) -> Result<SemaphorePermit<'a>, Response> {
+    if let Ok(Ok(permit)) = tokio::time::timeout_at(deadline, limiter.acquire_many(permits)).await {
+        return Ok(permit);
+    }
+    s.metrics.error(ErrorClass::overloaded);
+    tracing::warn!(
+        endpoint = endpoint.as_str(),
+        "the webhook is at its {limit}; request waited until its deadline"
+    );
+    Err(error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ServiceUnavailable",
+        format!("the webhook is at its {limit}; retry"),
+    ))
+}
+
 async fn handle(
     s: &AppState,
     endpoint: Endpoint,
@@ -285,34 +310,17 @@ async fn handle(
         .saturating_sub(Duration::from_millis(50));
     let deadline = Instant::now() + budget;
 
-    let Ok(Ok(_permit)) = tokio::time::timeout_at(deadline, s.limiter.acquire()).await else {
-        s.metrics.error(ErrorClass::overloaded);
-        tracing::warn!(
-            endpoint = endpoint.as_str(),
-            "too many concurrent reviews; request waited until its deadline"
-        );
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ServiceUnavailable",
-            "the webhook is at its concurrency limit; retry".into(),
-        );
+    let _permit = match admit(s, &s.limiter, 1, deadline, endpoint, "concurrency limit").await {
+        Ok(p) => p,
+        Err(r) => return r,
     };
     // Bound the memory held by bodies: 64 reviews of 500 KB read at once
     // would hold 32 MiB of bodies alone, and the API server allows 7 MiB each.
     let permits = body_permits(declared, budget_kib(s.limits.max_body_bytes_in_flight));
-    let Ok(Ok(_body_permit)) =
-        tokio::time::timeout_at(deadline, s.body_budget.acquire_many(permits)).await
-    else {
-        s.metrics.error(ErrorClass::overloaded);
-        tracing::warn!(
-            endpoint = endpoint.as_str(),
-            "request bodies in flight at their byte limit; request waited until its deadline"
-        );
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ServiceUnavailable",
-            "the webhook is at its limit of request bytes in flight; retry".into(),
-        );
+    let limit = "limit of request bytes in flight";
+    let _body_permit = match admit(s, &s.body_budget, permits, deadline, endpoint, limit).await {
+        Ok(p) => p,
+        Err(r) => return r,
     };
     s.metrics.in_flight.inc();
     let _in_flight = scopeguard(&s.metrics);

@@ -477,34 +477,48 @@ async fn deadline_from_the_api_server_timeout_is_honoured() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn concurrency_limit_applies_back_pressure_then_recovers() {
-    let mut flags = standalone_flags();
-    flags.extend(["--max-concurrent-requests".into(), "1".into()]);
-    let server = TestServer::start(&strs(&flags)).await;
+/// A's body trickles in for 1.5 s while it holds a limit; B, sent meanwhile
+/// with the API server's 1 s timeout, must get a 503 naming the limit before
+/// its deadline, and A must still be answered.
+async fn slow_request_holds_limit_and_the_next_gets_503(
+    server: &TestServer,
+    body: &str,
+    limit: &str,
+) {
     let (addr, ca) = (server.addr, server.certs.ca_pem.clone());
-    let body = review().to_string();
-    // A holds the only slot for 1.5 s while its body trickles in.
     let a = tokio::spawn({
-        let (ca, body) = (ca.clone(), body.clone());
+        let body = body.to_owned();
         async move { slow_request(addr, &ca, "?timeout=10s", body, Duration::from_millis(1500)).await }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // B waits for a slot until its own deadline, then gets a clear 503.
     let start = Instant::now();
     let resp = server
         .client
         .post(server.url("/validate?timeout=1s"))
         .header("content-type", "application/json")
-        .body(body.clone())
+        .body(body.to_owned())
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status().as_u16(), 503);
     assert!(start.elapsed() < Duration::from_secs(1));
-    assert!(resp.text().await.unwrap().contains("concurrency limit"));
+    let text = resp.text().await.unwrap();
+    assert!(text.contains(limit), "{text}");
     let (status, a_body) = a.await.unwrap().unwrap();
     assert_eq!(status, 200, "{a_body}");
+}
+
+#[tokio::test]
+async fn concurrency_limit_applies_back_pressure_then_recovers() {
+    let mut flags = standalone_flags();
+    flags.extend(["--max-concurrent-requests".into(), "1".into()]);
+    let server = TestServer::start(&strs(&flags)).await;
+    slow_request_holds_limit_and_the_next_gets_503(
+        &server,
+        &review().to_string(),
+        "concurrency limit",
+    )
+    .await;
     // And a waiting request is served once the slot frees up.
     let (status, _) = server.post("/validate", &review()).await;
     assert_eq!(status, 200);
@@ -523,26 +537,7 @@ async fn body_byte_budget_applies_back_pressure_then_recovers() {
     let mut flags = standalone_flags();
     flags.extend(["--max-body-bytes-in-flight".into(), body.len().to_string()]);
     let server = TestServer::start(&strs(&flags)).await;
-    let (addr, ca) = (server.addr, server.certs.ca_pem.clone());
-    let a = tokio::spawn({
-        let (ca, body) = (ca.clone(), body.clone());
-        async move { slow_request(addr, &ca, "?timeout=10s", body, Duration::from_millis(1500)).await }
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let start = Instant::now();
-    let resp = server
-        .client
-        .post(server.url("/validate?timeout=1s"))
-        .header("content-type", "application/json")
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 503);
-    assert!(start.elapsed() < Duration::from_secs(1));
-    assert!(resp.text().await.unwrap().contains("bytes in flight"));
-    let (status, a_body) = a.await.unwrap().unwrap();
-    assert_eq!(status, 200, "{a_body}");
+    slow_request_holds_limit_and_the_next_gets_503(&server, &body, "bytes in flight").await;
     // Once A is done, the budget is free again; and a body larger than the
     // whole budget is still served (it takes all of it).
     let (status, _) = server.post("/validate", &review()).await;
