@@ -26,12 +26,12 @@ run: $(CERTS_DIR)/tls.crt ## Serve on 127.0.0.1:8443 with the gate on and exampl
 	  --tls-cert $(CERTS_DIR)/tls.crt --tls-key $(CERTS_DIR)/tls.key \
 	  --feature-gates RecreateVMIOnReboot --objects examples
 
-test: ## Run every test (unit, integration, manifests)
-	$(CARGO) test --locked
+test: ## Run every test (unit, integration, manifests, the bench crate's payloads)
+	$(CARGO) test --locked --workspace
 
 lint: ## clippy and rustfmt, as CI wants them
 	$(CARGO) fmt --check
-	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
 build: ## Debug build
 	$(CARGO) build --locked

@@ -419,3 +419,70 @@ fn vm() -> Value {
     vm["metadata"]["managedFields"] = managed_fields("kubectl-client-side-apply", "Update", &vm);
     vm
 }
+
+#[cfg(test)]
+mod tests {
+    use kubevirt_reboot_webhook::admission::{
+        self, review, Context, Endpoint, Owner, Policy, RunStrategy, Trusted, VmInfo,
+    };
+
+    use super::*;
+
+    /// The payloads are what the benchmark says they are: their nominal
+    /// size, and the webhook's answer (allowed; a patch exactly on /mutate).
+    #[test]
+    fn payloads_have_their_size_and_expected_verdicts() {
+        let policy = Policy {
+            trusted: Trusted::new("kubevirt", &[], &[]),
+            ..Policy::default()
+        };
+        let ctx = Context {
+            policy: &policy,
+            gate: true,
+        };
+        let all = all();
+        let names: Vec<_> = all.iter().map(|p| p.name).collect();
+        assert_eq!(names, ["vmi-6k", "vm", "vmi-500k"]);
+        for p in &all {
+            let (lo, hi) = match p.name {
+                "vmi-6k" => (VMI_SMALL, VMI_SMALL + 1024),
+                "vm" => (8 * 1024, 12 * 1024),
+                _ => (VMI_LARGE, VMI_LARGE + 16 * 1024),
+            };
+            assert!(
+                (lo..hi).contains(&p.body.len()),
+                "{}: {} bytes",
+                p.name,
+                p.body.len()
+            );
+            let endpoint = match p.path {
+                "/mutate" => Endpoint::Mutate,
+                "/validate" => Endpoint::Validate,
+                other => panic!("{}: unexpected path {other}", p.name),
+            };
+            let r = review::decode(&p.body).unwrap_or_else(|e| panic!("{}: {e}", p.name));
+            let owner = match admission::owner_to_resolve(endpoint, &r.request, &policy) {
+                Some(o) => {
+                    assert_eq!((o.name.as_str(), o.uid.as_deref()), (VM_NAME, Some(VM_UID)));
+                    Owner::Found(VmInfo {
+                        uid: Some(VM_UID.to_owned()),
+                        run_strategy: RunStrategy::BootOnce,
+                        annotated: false,
+                    })
+                }
+                None => Owner::None,
+            };
+            let v = admission::decide(endpoint, &r.request, ctx, &owner);
+            assert!(v.allowed(), "{}: {v:?}", p.name);
+            assert_eq!(!v.patch.is_empty(), p.mutates, "{}: {v:?}", p.name);
+            if p.mutates {
+                let patch = serde_json::to_string(&v.patch).unwrap();
+                assert!(
+                    patch.contains("runstrategy.kubevirt.io"),
+                    "{}: {patch}",
+                    p.name
+                );
+            }
+        }
+    }
+}
