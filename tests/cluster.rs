@@ -42,9 +42,15 @@ impl Cluster {
     }
 
     /// Starts and waits for `/readyz` 200.
+    /// Ready, and settled: both watches (VMs, KubeVirt) are open, so every
+    /// start-up request has been made and request counts taken from now on
+    /// see only what the test causes.
     async fn ready(fake: FakeApi) -> Cluster {
         let c = Cluster::start(fake, &[]).await;
         c.wait_ready().await;
+        for r in [Res::Vm, Res::KubeVirt] {
+            assert!(c.fake.wait_watches(r, 1, WAIT).await, "no {r:?} watch");
+        }
         c
     }
 
