@@ -637,6 +637,10 @@ fn free_port() -> u16 {
 
 impl Proc {
     fn spawn(extra: &[&str]) -> Proc {
+        Proc::spawn_logging("json", extra)
+    }
+
+    fn spawn_logging(log_format: &str, extra: &[&str]) -> Proc {
         let certs = Certs::new();
         let (port, metrics_port) = (free_port(), free_port());
         let mut child = Command::new(env!("CARGO_BIN_EXE_kubevirt-reboot-webhook"))
@@ -647,7 +651,7 @@ impl Proc {
             .arg(certs.cert())
             .arg("--tls-key")
             .arg(certs.key())
-            .args(["--log-format", "json"])
+            .args(["--log-format", log_format])
             .args(strs(&standalone_flags()))
             .args(extra)
             .stdout(Stdio::null())
@@ -836,4 +840,29 @@ async fn bad_input_is_logged_at_warn() {
             .any(|l| l["level"] == "WARN" && l["message"] == "bad admission request"),
         "{logs:#?}"
     );
+}
+
+/// Logs go to a pipe in a pod (`kubectl logs`): plain text, no colour codes.
+#[tokio::test]
+async fn text_logs_carry_no_colour_codes_into_a_pipe() {
+    let p = Proc::spawn_logging("text", &[]);
+    p.ready().await;
+    let client = support::client(&p.certs.ca_pem, false);
+    let resp = client
+        .post(format!("https://localhost:{}/validate", p.port))
+        .header("content-type", "application/json")
+        .body("{]")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let lines = p.stderr.lock().unwrap().clone();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains("bad admission request")),
+        "{lines:#?}"
+    );
+    assert!(!lines.iter().any(|l| l.contains('\x1b')), "{lines:#?}");
 }
