@@ -696,6 +696,20 @@ impl Proc {
         assert!(ok.success());
     }
 
+    /// A body that is not JSON: answered 400, then time for the log line.
+    async fn post_malformed_review(&self) {
+        let client = support::client(&self.certs.ca_pem, false);
+        let resp = client
+            .post(format!("https://localhost:{}/validate", self.port))
+            .header("content-type", "application/json")
+            .body("{]")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     fn logs(&self) -> Vec<Value> {
         self.stderr
             .lock()
@@ -824,16 +838,7 @@ async fn second_signal_exits_immediately() {
 async fn bad_input_is_logged_at_warn() {
     let p = Proc::spawn(&[]);
     p.ready().await;
-    let client = support::client(&p.certs.ca_pem, false);
-    let resp = client
-        .post(format!("https://localhost:{}/validate", p.port))
-        .header("content-type", "application/json")
-        .body("{]")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 400);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    p.post_malformed_review().await;
     let logs = p.logs();
     assert!(
         logs.iter()
@@ -847,16 +852,7 @@ async fn bad_input_is_logged_at_warn() {
 async fn text_logs_carry_no_colour_codes_into_a_pipe() {
     let p = Proc::spawn_logging("text", &[]);
     p.ready().await;
-    let client = support::client(&p.certs.ca_pem, false);
-    let resp = client
-        .post(format!("https://localhost:{}/validate", p.port))
-        .header("content-type", "application/json")
-        .body("{]")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 400);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    p.post_malformed_review().await;
     let lines = p.stderr.lock().unwrap().clone();
     assert!(
         lines
