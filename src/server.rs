@@ -23,7 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::review::{self, Review};
-use crate::admission::{Cause, CauseReason, Endpoint, Verdict};
+use crate::admission::{Cause, CauseReason, Endpoint, Mode, Verdict};
 use crate::health::Readiness;
 use crate::metrics::{ErrorClass, Metrics};
 use crate::tls::TlsConfig;
@@ -31,6 +31,12 @@ use crate::webhook::Webhook;
 
 /// The API server's own limit on an admission request body.
 pub const MAX_BODY: usize = 7 * 1024 * 1024;
+
+/// HTTP/2 streams per connection.
+const H2_MAX_STREAMS: u32 = 256;
+/// HTTP/2 flow-control window per stream: what a stream may have sent
+/// before it is read (see `serve_tls`).
+const H2_STREAM_WINDOW: u32 = 64 * 1024;
 
 /// Bounds on what one client can make the server hold.
 #[derive(Clone, Debug)]
@@ -70,7 +76,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     limiter: Semaphore,
-    /// `max_body_bytes_in_flight` in KiB.
+    /// `max_body_bytes_in_flight` in KiB, and the semaphore holding them: a
+    /// request never asks for more than `body_budget_kib`, so it cannot wait
+    /// forever.
+    body_budget_kib: u32,
     body_budget: Semaphore,
 }
 
@@ -81,6 +90,7 @@ impl AppState {
             webhook,
             readiness,
             limiter: Semaphore::new(limits.max_concurrent.max(1)),
+            body_budget_kib: budget_kib(limits.max_body_bytes_in_flight),
             body_budget: Semaphore::new(budget_kib(limits.max_body_bytes_in_flight) as usize),
             limits,
         })
@@ -316,7 +326,7 @@ async fn handle(
     };
     // Bound the memory held by bodies: 64 reviews of 500 KB read at once
     // would hold 32 MiB of bodies alone, and the API server allows 7 MiB each.
-    let permits = body_permits(declared, budget_kib(s.limits.max_body_bytes_in_flight));
+    let permits = body_permits(declared, s.body_budget_kib);
     let limit = "limit of request bytes in flight";
     let _body_permit = match admit(s, &s.body_budget, permits, deadline, endpoint, limit).await {
         Ok(p) => p,
@@ -365,17 +375,7 @@ async fn handle(
         Err(_) => {
             s.metrics.error(ErrorClass::deadline_exceeded);
             tracing::warn!(uid = %review.request.uid, endpoint = endpoint.as_str(), "no decision before the deadline");
-            let verdict = Verdict {
-                causes: vec![Cause {
-                    reason: CauseReason::InternalError,
-                    field: String::new(),
-                    message: format!(
-                        "the reboot webhook could not decide within the API server's timeout ({}s), usually because the owner VirtualMachine could not be read; retry the request",
-                        timeout.as_secs_f64()
-                    ),
-                }],
-                ..Verdict::default()
-            };
+            let verdict = late_verdict(timeout, s.webhook.policy.mode, endpoint);
             review::response(&review.request.uid, &verdict)
         }
     };
@@ -387,6 +387,24 @@ async fn handle(
         review::encode(&review.api_version, &response),
     )
         .into_response()
+}
+
+/// The answer when no decision came before the deadline: a "retry" denial,
+/// softened like the decision's own "owner unreadable" (a warning on
+/// /validate in warn mode; still a denial on /mutate).
+fn late_verdict(timeout: Duration, mode: Mode, endpoint: Endpoint) -> Verdict {
+    Verdict {
+        causes: vec![Cause {
+            reason: CauseReason::InternalError,
+            field: String::new(),
+            message: format!(
+                "the reboot webhook could not decide within the API server's timeout ({}s), usually because the owner VirtualMachine could not be read; retry the request",
+                timeout.as_secs_f64()
+            ),
+        }],
+        ..Verdict::default()
+    }
+    .apply_mode(mode, endpoint)
 }
 
 /// Decrements the in-flight gauge when dropped (also on cancellation).
@@ -512,7 +530,16 @@ async fn serve_tls(
             builder
                 .http2()
                 .timer(TokioTimer::new())
-                .max_concurrent_streams(256);
+                .max_concurrent_streams(H2_MAX_STREAMS)
+                // A stream waiting for the body budget leaves its data
+                // unread, and unread data holds connection window. With
+                // hyper's defaults (1 MiB for a stream and for the whole
+                // connection) one waiting 1 MiB body could take the whole
+                // window and stall the streams that hold the budget until
+                // their deadline. Small stream windows that all fit in the
+                // connection window keep every admitted stream moving.
+                .initial_stream_window_size(H2_STREAM_WINDOW)
+                .initial_connection_window_size(H2_STREAM_WINDOW * H2_MAX_STREAMS);
             let conn = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .into_owned();
@@ -568,6 +595,7 @@ mod tests {
         assert_eq!(budget, 16 * 1024);
         assert_eq!(budget_kib(0), 1);
         assert_eq!(budget_kib(1), 1);
+        #[cfg(target_pointer_width = "64")]
         assert_eq!(budget_kib(usize::MAX), u32::MAX);
         // By declared length, rounded up to whole KiB.
         assert_eq!(body_permits(Some(0), budget), 1);
@@ -578,5 +606,23 @@ mod tests {
         assert_eq!(body_permits(Some(7 * 1024 * 1024), 4096), 4096);
         assert_eq!(body_permits(Some(u64::MAX), budget), budget);
         assert_eq!(body_permits(None, budget), budget);
+    }
+
+    #[test]
+    fn late_verdicts_retry_and_follow_the_mode() {
+        let t = Duration::from_secs(3);
+        for mode in [Mode::Enforce, Mode::Warn] {
+            let v = late_verdict(t, mode, Endpoint::Mutate);
+            assert!(!v.allowed() && v.message().contains("retry"), "{v:?}");
+        }
+        let v = late_verdict(t, Mode::Enforce, Endpoint::Validate);
+        assert!(!v.allowed() && v.message().contains("(3s)"), "{v:?}");
+        let v = late_verdict(t, Mode::Warn, Endpoint::Validate);
+        assert!(v.allowed(), "{v:?}");
+        assert!(
+            v.warnings[0]
+                .starts_with("would be denied (warn mode): the reboot webhook could not decide"),
+            "{v:?}"
+        );
     }
 }

@@ -390,6 +390,15 @@ async fn raw_tls(
     addr: std::net::SocketAddr,
     ca_pem: &str,
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
+    raw_tls_alpn(addr, ca_pem, b"http/1.1").await
+}
+
+/// A raw TLS connection offering only `alpn`.
+async fn raw_tls_alpn(
+    addr: std::net::SocketAddr,
+    ca_pem: &str,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<TcpStream> {
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls::pki_types::pem::PemObject::pem_slice_iter(ca_pem.as_bytes()) {
         let c: CertificateDer<'static> = c.unwrap();
@@ -402,7 +411,7 @@ async fn raw_tls(
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![alpn.to_vec()];
     let tcp = TcpStream::connect(addr).await.unwrap();
     tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
@@ -477,35 +486,58 @@ async fn deadline_from_the_api_server_timeout_is_honoured() {
     server.stop().await;
 }
 
-/// A's body trickles in for 1.5 s while it holds a limit; B, sent meanwhile
-/// with the API server's 1 s timeout, must get a 503 naming the limit before
-/// its deadline, and A must still be answered.
-async fn slow_request_holds_limit_and_the_next_gets_503(
+/// How long a slow review holds its limit: longer than the API server's
+/// 2 s timeout of the review sent meanwhile, so that one cannot get in.
+const HOLD: Duration = Duration::from_secs(3);
+
+/// Starts a review whose body trickles in (half, `HOLD` of silence, the
+/// rest), and waits until the server has admitted it past every limit.
+async fn start_slow(
     server: &TestServer,
     body: &str,
-    limit: &str,
-) {
-    let (addr, ca) = (server.addr, server.certs.ca_pem.clone());
-    let a = tokio::spawn({
-        let body = body.to_owned();
-        async move { slow_request(addr, &ca, "?timeout=10s", body, Duration::from_millis(1500)).await }
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+) -> tokio::task::JoinHandle<std::io::Result<(u16, String)>> {
+    let before = in_flight(server).await;
+    let (addr, ca, body) = (server.addr, server.certs.ca_pem.clone(), body.to_owned());
+    let slow =
+        tokio::spawn(async move { slow_request(addr, &ca, "?timeout=10s", body, HOLD).await });
+    wait_until(
+        "the slow review admitted",
+        Duration::from_secs(10),
+        || async { in_flight(server).await > before },
+    )
+    .await;
+    slow
+}
+
+/// `requests_in_flight`: reviews admitted past every limit.
+async fn in_flight(server: &TestServer) -> u64 {
+    let (_, text) = server.get_text(&server.metrics_url("/metrics")).await;
+    text.lines()
+        .find_map(|l| l.strip_prefix("kubevirt_reboot_webhook_requests_in_flight "))
+        .and_then(|v| v.parse().ok())
+        .expect("in-flight gauge")
+}
+
+/// Sends `body` with the API server's 2 s timeout: it must be answered in
+/// time, with `status` and a body containing `text`.
+async fn expect_answer(server: &TestServer, body: &str, status: u16, text: &str) {
     let start = Instant::now();
     let resp = server
         .client
-        .post(server.url("/validate?timeout=1s"))
+        .post(server.url("/validate?timeout=2s"))
         .header("content-type", "application/json")
         .body(body.to_owned())
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status().as_u16(), 503);
-    assert!(start.elapsed() < Duration::from_secs(1));
-    let text = resp.text().await.unwrap();
-    assert!(text.contains(limit), "{text}");
-    let (status, a_body) = a.await.unwrap().unwrap();
-    assert_eq!(status, 200, "{a_body}");
+    assert_eq!(resp.status().as_u16(), status);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    let answer = resp.text().await.unwrap();
+    assert!(answer.contains(text), "{answer}");
 }
 
 #[tokio::test]
@@ -513,33 +545,46 @@ async fn concurrency_limit_applies_back_pressure_then_recovers() {
     let mut flags = standalone_flags();
     flags.extend(["--max-concurrent-requests".into(), "1".into()]);
     let server = TestServer::start(&strs(&flags)).await;
-    slow_request_holds_limit_and_the_next_gets_503(
-        &server,
-        &review().to_string(),
-        "concurrency limit",
-    )
-    .await;
-    // And a waiting request is served once the slot frees up.
-    let (status, _) = server.post("/validate", &review()).await;
-    assert_eq!(status, 200);
+    let body = review().to_string();
+    // The client's connection is open before the clock matters.
+    expect_answer(&server, &body, 200, "allowed").await;
+    let a = start_slow(&server, &body).await;
+    expect_answer(&server, &body, 503, "concurrency limit").await;
+    let (status, a_body) = a.await.unwrap().unwrap();
+    assert_eq!(status, 200, "{a_body}");
+    // And the next review is served once the slot is free.
+    expect_answer(&server, &body, 200, "allowed").await;
     server.stop().await;
 }
 
 #[tokio::test]
 async fn body_byte_budget_applies_back_pressure_then_recovers() {
-    // A few KiB, so that the budget is several permits: each request must
-    // take as many as its length, not one.
+    // A few KiB, so that a body is several permits.
     let mut padded = review();
     padded["request"]["object"]["metadata"]["annotations"]["padding"] = "x".repeat(3000).into();
     let body = padded.to_string();
-    // The budget is exactly one body: while A's body trickles in, nothing
-    // else may be read.
+    // A budget of exactly two bodies.
     let mut flags = standalone_flags();
-    flags.extend(["--max-body-bytes-in-flight".into(), body.len().to_string()]);
+    flags.extend([
+        "--max-body-bytes-in-flight".into(),
+        (2 * body.len()).to_string(),
+    ]);
     let server = TestServer::start(&strs(&flags)).await;
-    slow_request_holds_limit_and_the_next_gets_503(&server, &body, "bytes in flight").await;
-    // Once A is done, the budget is free again; and a body larger than the
-    // whole budget is still served (it takes all of it).
+    expect_answer(&server, &body, 200, "allowed").await;
+    // A holds one body's worth: another fits beside it (each review takes
+    // its own length, not the whole budget) ...
+    let a = start_slow(&server, &body).await;
+    expect_answer(&server, &body, 200, "allowed").await;
+    // ... and with B holding the second, nothing else may be read (each
+    // takes its length, not one permit).
+    let b = start_slow(&server, &body).await;
+    expect_answer(&server, &body, 503, "bytes in flight").await;
+    for slow in [a, b] {
+        let (status, answer) = slow.await.unwrap().unwrap();
+        assert_eq!(status, 200, "{answer}");
+    }
+    // Once A and B are done, the budget is free again; and a body larger
+    // than the whole budget is still served (it takes all of it).
     let (status, _) = server.post("/validate", &review()).await;
     assert_eq!(status, 200);
     let mut big = review();
@@ -652,6 +697,9 @@ impl Proc {
             .arg("--tls-key")
             .arg(certs.key())
             .args(["--log-format", log_format])
+            // Hermetic: the developer's own settings must not change the logs.
+            .env_remove("RUST_LOG")
+            .env_remove("NO_COLOR")
             .args(strs(&standalone_flags()))
             .args(extra)
             .stdout(Stdio::null())
@@ -696,7 +744,7 @@ impl Proc {
         assert!(ok.success());
     }
 
-    /// A body that is not JSON: answered 400, then time for the log line.
+    /// A body that is not JSON: answered 400, and logged (waits for the line).
     async fn post_malformed_review(&self) {
         let client = support::client(&self.certs.ca_pem, false);
         let resp = client
@@ -707,7 +755,11 @@ impl Proc {
             .await
             .unwrap();
         assert_eq!(resp.status(), 400);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        wait_until("the log line", Duration::from_secs(10), || async {
+            let lines = self.stderr.lock().unwrap();
+            lines.iter().any(|l| l.contains("bad admission request"))
+        })
+        .await;
     }
 
     fn logs(&self) -> Vec<Value> {
@@ -861,4 +913,56 @@ async fn text_logs_carry_no_colour_codes_into_a_pipe() {
         "{lines:#?}"
     );
     assert!(!lines.iter().any(|l| l.contains('\x1b')), "{lines:#?}");
+}
+
+/// Over one HTTP/2 connection, bodies waiting for the byte budget must not
+/// take the flow-control window the admitted body needs. The client sends
+/// the waiting streams' data first, as the API server's Go client may: with
+/// hyper's default 1 MiB windows, two waiting 600 KB bodies filled the
+/// connection window and the admitted review stalled until every deadline.
+#[tokio::test]
+async fn waiting_http2_bodies_do_not_stall_the_admitted_one() {
+    let mut big = review();
+    big["request"]["object"]["metadata"]["annotations"]["padding"] = "x".repeat(600 * 1024).into();
+    let body = bytes::Bytes::from(big.to_string());
+    let mut flags = standalone_flags();
+    flags.extend(["--max-body-bytes-in-flight".into(), body.len().to_string()]);
+    let server = TestServer::start(&strs(&flags)).await;
+
+    let tls = raw_tls_alpn(server.addr, &server.certs.ca_pem, b"h2").await;
+    let (client, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    // Three reviews: the first one's headers arrive first, so it is the one
+    // admitted; the other two wait for the budget.
+    let mut streams = Vec::new();
+    for _ in 0..3 {
+        let mut client = client.clone().ready().await.unwrap();
+        let req = hyper::Request::post("/validate?timeout=5s")
+            .header("content-type", "application/json")
+            .header("content-length", body.len())
+            .body(())
+            .unwrap();
+        streams.push(client.send_request(req, false).unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let start = Instant::now();
+    // Queue the waiting reviews' bodies before the admitted one's.
+    for (_, send) in streams.iter_mut().rev() {
+        send.send_data(body.clone(), true).unwrap();
+    }
+    for (resp, _) in streams {
+        let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+    }
+    // Together they take milliseconds; a stall lasts until the deadline
+    // (4.45 s) and ends in 408s.
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+    server.stop().await;
 }

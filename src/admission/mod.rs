@@ -253,7 +253,7 @@ impl Verdict {
     /// BootOnce VM boot without its annotation (and reboot in place). It
     /// stays a "retry" denial. Validation has no such stake: a forged
     /// annotation it could have judged would pass in warn mode anyway.
-    fn apply_mode(mut self, mode: Mode, endpoint: Endpoint) -> Verdict {
+    pub fn apply_mode(mut self, mode: Mode, endpoint: Endpoint) -> Verdict {
         let undecided_mutation = endpoint == Endpoint::Mutate
             && self
                 .causes
@@ -261,10 +261,10 @@ impl Verdict {
                 .any(|c| c.reason == CauseReason::InternalError);
         if mode == Mode::Warn && !self.causes.is_empty() && !undecided_mutation {
             for c in self.causes.drain(..) {
-                self.warnings.push(format!(
-                    "would be denied (warn mode): {}: {}",
-                    c.field, c.message
-                ));
+                self.warnings.push(match c.field.as_str() {
+                    "" => format!("would be denied (warn mode): {}", c.message),
+                    f => format!("would be denied (warn mode): {f}: {}", c.message),
+                });
             }
             // A denied mutation has nothing trustworthy to patch with.
             self.patch.clear();
