@@ -242,6 +242,7 @@ mod tests {
             "-1",
             "1.5Mi",
             "99999999999999999999Gi",
+            "17179869184Gi",
         ] {
             assert!(byte_size(bad).is_err(), "{bad:?}");
         }

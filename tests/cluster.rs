@@ -42,9 +42,10 @@ impl Cluster {
     }
 
     /// Starts and waits for `/readyz` 200.
-    /// Ready, and settled: both watches (VMs, KubeVirt) are open, so every
-    /// start-up request has been made and request counts taken from now on
-    /// see only what the test causes.
+    /// Ready and settled: both watches (VMs, KubeVirt) are open.
+    ///
+    /// Every start-up request has then been made, so request counts taken
+    /// from now on see only what the test causes.
     async fn ready(fake: FakeApi) -> Cluster {
         let c = Cluster::start(fake, &[]).await;
         c.wait_ready().await;

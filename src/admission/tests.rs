@@ -753,9 +753,10 @@ fn unreadable_owner_denies_mutation_with_retry_in_both_modes() {
         vmi(None, Some("BootOnce"), false),
         None,
     );
-    for owner in [Owner::None, unreadable] {
+    for (owner, says) in [(Owner::None, "reserved"), (unreadable, "retry")] {
         let v = validate(&p, &forged, true, &owner);
         assert!(v.allowed() && v.warnings.len() == 1, "{v:?}");
+        assert!(v.warnings[0].contains(says), "{v:?}");
     }
 }
 
