@@ -1,5 +1,6 @@
-//! Shared by the floor server and the load generator: the payloads and the
-//! TLS set-up (rustls with ring, ALPN h2 and http/1.1, as the webhook has it).
+//! Shared by the floor server, the load generator and the decision
+//! micro-benchmark: the payloads and the TLS set-up (rustls with ring, ALPN
+//! h2 and http/1.1, as the webhook has it).
 
 pub mod payloads;
 

@@ -4,7 +4,7 @@
 //!
 //! `make -C bench decide` runs it (a release binary of this crate, not a
 //! `cargo bench` target, so a release build does not also compile the
-//! webhook's test-only dependencies); pass `-- --max-time 5` for more.
+//! webhook's test-only dependencies); `DECIDE_ARGS='--max-time 5'` for more.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -108,7 +108,7 @@ fn parse_value_vmi_500k(bencher: divan::Bencher) {
 }
 
 fn main() {
-    // Short by default so `make bench` stays quick; `-- --max-time 5` for more.
+    // Short by default so `make bench` stays quick; `--max-time 5` for more.
     divan::Divan::default()
         .max_time(Duration::from_secs(1))
         .config_with_args()
