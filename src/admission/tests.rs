@@ -53,6 +53,11 @@ fn request(
     }
 }
 
+/// A CREATE request (no old object).
+fn create(kind: Kind, user: &str, obj: Value) -> AdmissionRequest {
+    request(kind, Operation::Create, user, obj, None)
+}
+
 fn vm(run_strategy: Option<&str>, reboot_policy: Option<Value>) -> Value {
     let mut v = json!({
         "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
@@ -235,7 +240,7 @@ fn validation_rules_on_create() {
         ("Terminate + Always: no warning", Kind::Vm, vm(Some("Always"), Some(json!("Terminate"))), true, USER, ALLOW),
     ];
     for (name, kind, obj, gate, user, want) in rows {
-        let req = request(kind, Operation::Create, user, obj, None);
+        let req = create(kind, user, obj);
         let v = validate(&p, &req, gate, &Owner::None);
         check_row(name, &v, &want);
     }
@@ -246,7 +251,7 @@ fn running_with_bootonce() {
     let p = policy(Mode::Enforce, BootOnceMode::Native);
     let mut obj = vm(Some("BootOnce"), None);
     obj["spec"]["running"] = json!(false);
-    let req = request(Kind::Vm, Operation::Create, USER, obj, None);
+    let req = create(Kind::Vm, USER, obj);
     let v = validate(&p, &req, true, &Owner::None);
     check_row(
         "running",
@@ -263,7 +268,7 @@ fn running_with_bootonce() {
 
     let mut obj = pool(Some("BootOnce"), None);
     obj["spec"]["virtualMachineTemplate"]["spec"]["running"] = json!(true);
-    let req = request(Kind::Pool, Operation::Create, USER, obj, None);
+    let req = create(Kind::Pool, USER, obj);
     let v = validate(&p, &req, true, &Owner::None);
     check_row(
         "pool running",
@@ -310,14 +315,14 @@ fn reserved_annotation_on_templates() {
             Expect { causes: &[("metadata.annotations", FieldValueForbidden, "reserved")], warnings: &[] }),
     ];
     for (name, kind, obj, user, want) in rows {
-        let req = request(kind, Operation::Create, user, obj, None);
+        let req = create(kind, user, obj);
         let v = validate(&p, &req, true, &Owner::None);
         check_row(name, &v, &want);
     }
     // A wrong value is wrong for everyone, trusted or not.
     let mut obj = vm(Some("BootOnce"), None);
     obj["spec"]["template"]["metadata"]["annotations"] = json!({ BOOTONCE_ANNOTATION: "Always" });
-    let req = request(Kind::Vm, Operation::Create, CONTROLLER, obj, None);
+    let req = create(Kind::Vm, CONTROLLER, obj);
     let v = validate(&p, &req, true, &Owner::None);
     check_row(
         "bad value",
@@ -357,7 +362,7 @@ fn reserved_annotation_on_vmi_create() {
             Expect { causes: &[("metadata.annotations", FieldValueForbidden, "reserved")], warnings: &[] }),
     ];
     for (name, obj, user, own, want) in rows {
-        let mut req = request(Kind::Vmi, Operation::Create, user, obj, None);
+        let mut req = create(Kind::Vmi, user, obj);
         if user == "bob" {
             req.user_info.groups.push("kubevirt-admins".into());
         }
@@ -374,34 +379,16 @@ fn owner_is_resolved_only_when_needed() {
         name: "x".into(),
         uid: Some("vm-uid".into()),
     });
-    let req = request(
-        Kind::Vmi,
-        Operation::Create,
-        USER,
-        vmi(None, None, true),
-        None,
-    );
+    let req = create(Kind::Vmi, USER, vmi(None, None, true));
     assert_eq!(owner_to_resolve(Endpoint::Mutate, &req, &p), want);
     assert_eq!(
         owner_to_resolve(Endpoint::Validate, &req, &p),
         None,
         "no annotation: nothing to verify"
     );
-    let req = request(
-        Kind::Vmi,
-        Operation::Create,
-        USER,
-        vmi(None, Some("BootOnce"), true),
-        None,
-    );
+    let req = create(Kind::Vmi, USER, vmi(None, Some("BootOnce"), true));
     assert_eq!(owner_to_resolve(Endpoint::Validate, &req, &p), want);
-    let req = request(
-        Kind::Vmi,
-        Operation::Create,
-        CONTROLLER,
-        vmi(None, Some("BootOnce"), true),
-        None,
-    );
+    let req = create(Kind::Vmi, CONTROLLER, vmi(None, Some("BootOnce"), true));
     assert_eq!(
         owner_to_resolve(Endpoint::Validate, &req, &p),
         None,
@@ -409,7 +396,7 @@ fn owner_is_resolved_only_when_needed() {
     );
     let mut obj = vmi(None, None, true);
     obj["metadata"]["ownerReferences"][0]["kind"] = json!("VirtualMachineInstanceReplicaSet");
-    let req = request(Kind::Vmi, Operation::Create, USER, obj, None);
+    let req = create(Kind::Vmi, USER, obj);
     assert_eq!(
         owner_to_resolve(Endpoint::Mutate, &req, &p),
         None,
@@ -417,7 +404,7 @@ fn owner_is_resolved_only_when_needed() {
     );
     let mut obj = vmi(None, None, true);
     obj["metadata"]["ownerReferences"][0]["controller"] = json!(false);
-    let req = request(Kind::Vmi, Operation::Create, USER, obj, None);
+    let req = create(Kind::Vmi, USER, obj);
     assert_eq!(
         owner_to_resolve(Endpoint::Mutate, &req, &p),
         None,
@@ -498,13 +485,13 @@ fn untouched_requests() {
     let bad = vm(Some("bootonce"), Some(json!("nope")));
     let mut sub = request(Kind::Vm, Operation::Update, USER, bad.clone(), None);
     sub.sub_resource = Some("status".into());
-    let mut other = request(Kind::Vm, Operation::Create, USER, bad.clone(), None);
+    let mut other = create(Kind::Vm, USER, bad.clone());
     other.kind = Gvk {
         group: "apps".into(),
         version: "v1".into(),
         kind: "Deployment".into(),
     };
-    let mut vmirs_alpha = request(Kind::Vmirs, Operation::Create, USER, bad.clone(), None);
+    let mut vmirs_alpha = create(Kind::Vmirs, USER, bad.clone());
     vmirs_alpha.kind.group = "example.com".into();
     let del = request(Kind::Vm, Operation::Delete, USER, bad, None);
     for (name, req) in [
@@ -531,12 +518,10 @@ fn untouched_requests() {
 #[test]
 fn warn_mode_turns_denials_into_warnings() {
     let p = policy(Mode::Warn, BootOnceMode::Native);
-    let req = request(
+    let req = create(
         Kind::Vm,
-        Operation::Create,
         USER,
         vm(Some("bootonce"), Some(json!("Terminate"))),
-        None,
     );
     let v = validate(&p, &req, false, &Owner::None);
     assert!(v.allowed());
@@ -570,10 +555,6 @@ type MutationRow = (
 #[test]
 fn mutation_of_vmi_create() {
     let p = policy(Mode::Enforce, BootOnceMode::Native);
-    let ctx = Context {
-        policy: &p,
-        gate: true,
-    };
     #[rustfmt::skip]
     let rows: Vec<MutationRow> = vec![
         // name, VMI, owner, expected annotations, expected rebootPolicy, ops
@@ -596,8 +577,8 @@ fn mutation_of_vmi_create() {
         ("compat owner ignored in native mode", vmi(None, None, true), owner(RunStrategy::Once, true), None, None, 0),
     ];
     for (name, obj, own, want_ann, want_rp, ops) in rows {
-        let req = request(Kind::Vmi, Operation::Create, CONTROLLER, obj.clone(), None);
-        let v = decide(Endpoint::Mutate, &req, ctx, &own);
+        let req = create(Kind::Vmi, CONTROLLER, obj.clone());
+        let v = mutate(&p, &req, true, &own);
         assert!(v.allowed(), "{name}");
         assert_eq!(v.patch.len(), ops, "{name}: {:?}", v.patch);
         let after = mutated(&obj, &v);
@@ -618,28 +599,19 @@ fn mutation_of_vmi_create() {
             "{name}"
         );
         // Reinvocation on the patched object changes nothing more.
-        let again = request(
-            Kind::Vmi,
-            Operation::Create,
-            CONTROLLER,
-            after.clone(),
-            None,
-        );
-        let v2 = decide(Endpoint::Mutate, &again, ctx, &own);
+        let again = create(Kind::Vmi, CONTROLLER, after.clone());
+        let v2 = mutate(&p, &again, true, &own);
         assert!(
             v2.patch.is_empty(),
             "{name}: reinvocation patched {:?}",
             v2.patch
         );
         // The stamped VMI passes validation (by the controller that creates it, and by a user when owner is BootOnce).
-        let check = request(Kind::Vmi, Operation::Create, USER, after, None);
+        let check = create(Kind::Vmi, USER, after);
         if matches!(own, Owner::Found(ref vm) if vm.is_bootonce(BootOnceMode::Native))
             && name != "BootOnce owner keeps Reboot (validation denies it)"
         {
-            assert!(
-                decide(Endpoint::Validate, &check, ctx, &own).allowed(),
-                "{name}"
-            );
+            assert!(validate(&p, &check, true, &own).allowed(), "{name}");
         }
     }
 }
@@ -647,23 +619,8 @@ fn mutation_of_vmi_create() {
 #[test]
 fn patch_shape_is_minimal_and_escaped() {
     let p = policy(Mode::Enforce, BootOnceMode::Native);
-    let ctx = Context {
-        policy: &p,
-        gate: true,
-    };
-    let req = request(
-        Kind::Vmi,
-        Operation::Create,
-        CONTROLLER,
-        vmi(None, None, true),
-        None,
-    );
-    let v = decide(
-        Endpoint::Mutate,
-        &req,
-        ctx,
-        &owner(RunStrategy::BootOnce, false),
-    );
+    let req = create(Kind::Vmi, CONTROLLER, vmi(None, None, true));
+    let v = mutate(&p, &req, true, &owner(RunStrategy::BootOnce, false));
     assert_eq!(
         serde_json::to_value(&v.patch).unwrap(),
         json!([
@@ -673,26 +630,16 @@ fn patch_shape_is_minimal_and_escaped() {
     );
     let mut obj = vmi(Some("Terminate"), None, true);
     obj["metadata"]["annotations"] = json!({"a/b": "c"});
-    let req = request(Kind::Vmi, Operation::Create, CONTROLLER, obj, None);
-    let v = decide(
-        Endpoint::Mutate,
-        &req,
-        ctx,
-        &owner(RunStrategy::BootOnce, false),
-    );
+    let req = create(Kind::Vmi, CONTROLLER, obj);
+    let v = mutate(&p, &req, true, &owner(RunStrategy::BootOnce, false));
     assert_eq!(
         serde_json::to_value(&v.patch).unwrap(),
         json!([{"op": "add", "path": "/metadata/annotations/runstrategy.kubevirt.io", "value": "BootOnce"}])
     );
     let mut obj = vmi(None, Some("BootOnce"), true);
     obj["metadata"]["annotations"]["x~y/z"] = json!("1");
-    let req = request(Kind::Vmi, Operation::Create, CONTROLLER, obj, None);
-    let v = decide(
-        Endpoint::Mutate,
-        &req,
-        ctx,
-        &owner(RunStrategy::Other, false),
-    );
+    let req = create(Kind::Vmi, CONTROLLER, obj);
+    let v = mutate(&p, &req, true, &owner(RunStrategy::Other, false));
     assert_eq!(
         serde_json::to_value(&v.patch).unwrap(),
         json!([{"op": "remove", "path": "/metadata/annotations/runstrategy.kubevirt.io"}])
@@ -721,13 +668,7 @@ fn patch_shape_is_minimal_and_escaped() {
 #[test]
 fn unreadable_owner_denies_mutation_with_retry_in_both_modes() {
     let unreadable = Owner::Unavailable("connection refused".into());
-    let req = request(
-        Kind::Vmi,
-        Operation::Create,
-        CONTROLLER,
-        vmi(None, None, true),
-        None,
-    );
+    let req = create(Kind::Vmi, CONTROLLER, vmi(None, None, true));
     // Warn mode softens policy, not the mechanism: allowing would let a
     // BootOnce VM boot without its annotation.
     for mode in [Mode::Enforce, Mode::Warn] {
@@ -746,13 +687,7 @@ fn unreadable_owner_denies_mutation_with_retry_in_both_modes() {
     // Validation's "owner unreadable" is softened like any policy denial in
     // warn mode: a forgery it could have judged would pass there too.
     let p = policy(Mode::Warn, BootOnceMode::Native);
-    let forged = request(
-        Kind::Vmi,
-        Operation::Create,
-        USER,
-        vmi(None, Some("BootOnce"), false),
-        None,
-    );
+    let forged = create(Kind::Vmi, USER, vmi(None, Some("BootOnce"), false));
     for (owner, says) in [(Owner::None, "reserved"), (unreadable, "retry")] {
         let v = validate(&p, &forged, true, &owner);
         assert!(v.allowed() && v.warnings.len() == 1, "{v:?}");
@@ -763,13 +698,7 @@ fn unreadable_owner_denies_mutation_with_retry_in_both_modes() {
 #[test]
 fn denial_message_joins_causes() {
     let p = policy(Mode::Enforce, BootOnceMode::Native);
-    let req = request(
-        Kind::Vm,
-        Operation::Create,
-        USER,
-        vm(Some("bootonce"), Some(json!("x"))),
-        None,
-    );
+    let req = create(Kind::Vm, USER, vm(Some("bootonce"), Some(json!("x"))));
     let v = validate(&p, &req, true, &Owner::None);
     assert_eq!(v.causes.len(), 2);
     let msg = v.message();
@@ -807,12 +736,11 @@ fn mutate_then_validate(
     req: &AdmissionRequest,
     gate: bool,
 ) -> (Value, Verdict, Verdict) {
-    let ctx = Context { policy: p, gate };
-    let m = decide(Endpoint::Mutate, req, ctx, &Owner::None);
+    let m = mutate(p, req, gate, &Owner::None);
     let after = mutated(req.object.as_ref().unwrap(), &m);
     let mut req2 = req.clone();
     req2.object = Some(after.clone());
-    let v = decide(Endpoint::Validate, &req2, ctx, &Owner::None);
+    let v = validate(p, &req2, gate, &Owner::None);
     (after, m, v)
 }
 
@@ -887,13 +815,7 @@ fn compat_rewrites_bootonce_vms() {
         );
     }
     // Re-applying never grows the patch: the same ops as on the first create, or fewer.
-    let req = request(
-        Kind::Vm,
-        Operation::Create,
-        USER,
-        vm(Some("BootOnce"), None),
-        None,
-    );
+    let req = create(Kind::Vm, USER, vm(Some("BootOnce"), None));
     let first = mutate(&p, &req, true, &Owner::None);
     assert_eq!(
         first.patch.len(),
@@ -905,13 +827,7 @@ fn compat_rewrites_bootonce_vms() {
 #[test]
 fn compat_leaves_bootonce_alone_without_the_gate() {
     let p = compat();
-    let req = request(
-        Kind::Vm,
-        Operation::Create,
-        USER,
-        vm(Some("BootOnce"), None),
-        None,
-    );
+    let req = create(Kind::Vm, USER, vm(Some("BootOnce"), None));
     let (after, m, v) = mutate_then_validate(&p, &req, false);
     assert!(m.patch.is_empty());
     assert_eq!(after["spec"]["runStrategy"], "BootOnce");
@@ -928,13 +844,7 @@ fn compat_leaves_bootonce_alone_without_the_gate() {
 #[test]
 fn compat_pool_templates() {
     let p = compat();
-    let req = request(
-        Kind::Pool,
-        Operation::Create,
-        USER,
-        pool(Some("BootOnce"), None),
-        None,
-    );
+    let req = create(Kind::Pool, USER, pool(Some("BootOnce"), None));
     let (after, _, v) = mutate_then_validate(&p, &req, true);
     assert!(v.allowed(), "{:?}", v.causes);
     let t = &after["spec"]["virtualMachineTemplate"];
@@ -960,13 +870,7 @@ fn compat_pool_templates() {
     let mut vm_from_pool = t.clone();
     vm_from_pool["apiVersion"] = json!("kubevirt.io/v1");
     vm_from_pool["kind"] = json!("VirtualMachine");
-    let req = request(
-        Kind::Vm,
-        Operation::Create,
-        CONTROLLER,
-        vm_from_pool.clone(),
-        None,
-    );
+    let req = create(Kind::Vm, CONTROLLER, vm_from_pool.clone());
     let (after_vm, m, v) = mutate_then_validate(&p, &req, true);
     assert!(m.patch.is_empty() && v.allowed() && after_vm == vm_from_pool);
 }
@@ -988,43 +892,27 @@ fn compat_annotation_rules() {
     ];
     for (name, obj, want) in rows {
         // Validation alone, as if the mutating webhook were bypassed.
-        let req = request(Kind::Vm, Operation::Create, USER, obj, None);
+        let req = create(Kind::Vm, USER, obj);
         let v = validate(&p, &req, true, &Owner::None);
         check_row(name, &v, &want);
     }
     // VMIs of compat BootOnce VMs are stamped; users may create them with the annotation.
-    let ctx = Context {
-        policy: &p,
-        gate: true,
-    };
     let own = owner(RunStrategy::Once, true);
-    let req = request(
-        Kind::Vmi,
-        Operation::Create,
-        CONTROLLER,
-        vmi(None, None, true),
-        None,
-    );
-    let m = decide(Endpoint::Mutate, &req, ctx, &own);
+    let req = create(Kind::Vmi, CONTROLLER, vmi(None, None, true));
+    let m = mutate(&p, &req, true, &own);
     let after = mutated(&vmi(None, None, true), &m);
     assert_eq!(
         after["metadata"]["annotations"][BOOTONCE_ANNOTATION],
         "BootOnce"
     );
     assert_eq!(after["spec"]["domain"]["rebootPolicy"], "Terminate");
-    let req = request(Kind::Vmi, Operation::Create, USER, after, None);
-    assert!(decide(Endpoint::Validate, &req, ctx, &own).allowed());
+    let req = create(Kind::Vmi, USER, after);
+    assert!(validate(&p, &req, true, &own).allowed());
     // A plain Once VM (no annotation) is not BootOnce: its VMIs are cleaned.
-    let m = decide(
-        Endpoint::Mutate,
-        &request(
-            Kind::Vmi,
-            Operation::Create,
-            CONTROLLER,
-            vmi(None, Some("BootOnce"), true),
-            None,
-        ),
-        ctx,
+    let m = mutate(
+        &p,
+        &create(Kind::Vmi, CONTROLLER, vmi(None, Some("BootOnce"), true)),
+        true,
         &owner(RunStrategy::Once, false),
     );
     assert_eq!(
@@ -1040,13 +928,7 @@ fn compat_bootonce_with_reboot_reports_only_the_reboot_cause() {
     // The user wrote BootOnce + Reboot and no annotation: the denial must be
     // about rebootPolicy alone, not about annotations the webhook itself wrote.
     let p = compat();
-    let req = request(
-        Kind::Vm,
-        Operation::Create,
-        USER,
-        vm(Some("BootOnce"), Some(json!("Reboot"))),
-        None,
-    );
+    let req = create(Kind::Vm, USER, vm(Some("BootOnce"), Some(json!("Reboot"))));
     let (_, _, v) = mutate_then_validate(&p, &req, true);
     check_row(
         "VM BootOnce + Reboot",
@@ -1056,13 +938,7 @@ fn compat_bootonce_with_reboot_reports_only_the_reboot_cause() {
             warnings: &[],
         },
     );
-    let req = request(
-        Kind::Pool,
-        Operation::Create,
-        USER,
-        pool(Some("BootOnce"), Some("Reboot")),
-        None,
-    );
+    let req = create(Kind::Pool, USER, pool(Some("BootOnce"), Some("Reboot")));
     let (_, _, v) = mutate_then_validate(&p, &req, true);
     check_row(
         "pool BootOnce + Reboot",
@@ -1130,7 +1006,7 @@ fn compat_does_not_open_the_pools_own_metadata() {
     let p = compat();
     let mut obj = pool(Some("Once"), None);
     obj["metadata"]["annotations"] = json!({ BOOTONCE_ANNOTATION: "BootOnce" });
-    let req = request(Kind::Pool, Operation::Create, USER, obj, None);
+    let req = create(Kind::Pool, USER, obj);
     let v = validate(&p, &req, true, &Owner::None);
     check_row(
         "pool metadata",
@@ -1145,18 +1021,9 @@ fn compat_does_not_open_the_pools_own_metadata() {
 #[test]
 fn hints_name_the_right_field_for_each_kind() {
     let p = policy(Mode::Enforce, BootOnceMode::Native);
-    let ctx = Context {
-        policy: &p,
-        gate: true,
-    };
     let mut obj = pool(Some("BootOnce"), None);
     obj["spec"]["virtualMachineTemplate"]["spec"]["running"] = json!(true);
-    let v = decide(
-        Endpoint::Validate,
-        &request(Kind::Pool, Operation::Create, USER, obj, None),
-        ctx,
-        &Owner::None,
-    );
+    let v = validate(&p, &create(Kind::Pool, USER, obj), true, &Owner::None);
     assert!(
         v.causes[0]
             .message
@@ -1168,12 +1035,7 @@ fn hints_name_the_right_field_for_each_kind() {
     let ann = json!({ BOOTONCE_ANNOTATION: "BootOnce" });
     let mut obj = pool(Some("Always"), None);
     obj["spec"]["virtualMachineTemplate"]["metadata"]["annotations"] = ann.clone();
-    let v = decide(
-        Endpoint::Validate,
-        &request(Kind::Pool, Operation::Create, USER, obj, None),
-        ctx,
-        &Owner::None,
-    );
+    let v = validate(&p, &create(Kind::Pool, USER, obj), true, &Owner::None);
     assert!(
         v.causes[0]
             .message
@@ -1184,12 +1046,7 @@ fn hints_name_the_right_field_for_each_kind() {
 
     let mut obj = vmirs(None);
     obj["spec"]["template"]["metadata"] = json!({ "annotations": ann });
-    let v = decide(
-        Endpoint::Validate,
-        &request(Kind::Vmirs, Operation::Create, USER, obj, None),
-        ctx,
-        &Owner::None,
-    );
+    let v = validate(&p, &create(Kind::Vmirs, USER, obj), true, &Owner::None);
     let m = &v.causes[0].message;
     assert!(
         m.contains("remove it") && !m.contains("on the VirtualMachine instead"),
