@@ -90,13 +90,14 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(webhook: Arc<Webhook>, readiness: Arc<Readiness>, limits: Limits) -> Arc<Self> {
+        let body_budget_kib = budget_kib(limits.max_body_bytes_in_flight);
         Arc::new(AppState {
             metrics: webhook.metrics.clone(),
             webhook,
             readiness,
             limiter: Semaphore::new(limits.max_concurrent.max(1)),
-            body_budget_kib: budget_kib(limits.max_body_bytes_in_flight),
-            body_budget: Semaphore::new(budget_kib(limits.max_body_bytes_in_flight) as usize),
+            body_budget_kib,
+            body_budget: Semaphore::new(body_budget_kib as usize),
             limits,
         })
     }

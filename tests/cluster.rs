@@ -68,31 +68,17 @@ impl Cluster {
         .await;
     }
 
-    /// One sample from `/metrics`, 0 when the series is absent.
-    async fn metric(&self, series: &str) -> f64 {
-        let (status, text) = self
-            .server
-            .get_text(&self.server.metrics_url("/metrics"))
-            .await;
-        assert_eq!(status, 200);
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| {
-                let (name, value) = l.rsplit_once(' ')?;
-                (name == series).then(|| value.parse::<f64>().expect("metric value"))
-            })
-            .unwrap_or(0.0)
-    }
-
     async fn lookups(&self, result: &str) -> f64 {
-        self.metric(&format!(
-            "kubevirt_reboot_webhook_owner_lookups_total{{result=\"{result}\"}}"
-        ))
-        .await
+        self.server
+            .metric(&format!(
+                "kubevirt_reboot_webhook_owner_lookups_total{{result=\"{result}\"}}"
+            ))
+            .await
     }
 
     async fn cached_vms(&self) -> usize {
-        self.metric("kubevirt_reboot_webhook_vm_cache_objects")
+        self.server
+            .metric("kubevirt_reboot_webhook_vm_cache_objects")
             .await as usize
     }
 
@@ -277,7 +263,8 @@ async fn gate_flips_with_the_kubevirt_resource() {
         "no KubeVirt resource: gate off"
     );
     assert_eq!(
-        c.metric("kubevirt_reboot_webhook_feature_gate_enabled")
+        c.server
+            .metric("kubevirt_reboot_webhook_feature_gate_enabled")
             .await,
         0.0
     );
@@ -311,6 +298,7 @@ async fn gate_flips_with_the_kubevirt_resource() {
         );
         eventually(why, WAIT, || async { c.terminate_allowed().await == want }).await;
         let gauge = c
+            .server
             .metric("kubevirt_reboot_webhook_feature_gate_enabled")
             .await;
         assert_eq!(gauge, want as u8 as f64, "{why}: gauge");

@@ -36,18 +36,24 @@ fn example_vm() -> Value {
     serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-#[tokio::test]
-async fn bootonce_vm_is_stored_as_once_terminate_annotation_and_its_vmis_are_stamped() {
-    let empty = tempfile::tempdir().unwrap();
+/// A server in compat mode, gate on, with the VirtualMachines in `objects`.
+async fn compat_server(objects: &std::path::Path) -> TestServer {
+    let objects = objects.to_str().unwrap();
     let flags = [
         "--bootonce",
         "compat",
         "--feature-gates",
         "RebootPolicy",
         "--objects",
-        empty.path().to_str().unwrap(),
+        objects,
     ];
-    let server = TestServer::start(&flags).await;
+    TestServer::start(&flags).await
+}
+
+#[tokio::test]
+async fn bootonce_vm_is_stored_as_once_terminate_annotation_and_its_vmis_are_stamped() {
+    let empty = tempfile::tempdir().unwrap();
+    let server = compat_server(empty.path()).await;
 
     // 1. The user's manifest, as a CREATE.
     let vm = example_vm();
@@ -100,15 +106,7 @@ async fn bootonce_vm_is_stored_as_once_terminate_annotation_and_its_vmis_are_sta
     // 3. The stored VM as the owner of a VMI CREATE (a second server reads it from --objects).
     let objects = tempfile::tempdir().unwrap();
     std::fs::write(objects.path().join("vm.json"), stored.to_string()).unwrap();
-    let flags = [
-        "--bootonce",
-        "compat",
-        "--feature-gates",
-        "RebootPolicy",
-        "--objects",
-        objects.path().to_str().unwrap(),
-    ];
-    let server = TestServer::start(&flags).await;
+    let server = compat_server(objects.path()).await;
     let vmi = json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
         "metadata": {"name": "installer", "namespace": "default",
             "annotations": stored["spec"]["template"]["metadata"]["annotations"],

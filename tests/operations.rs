@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{json, Value};
-use support::{fixtures, read_json, Certs, TestServer};
+use support::{fixtures, free_port, read_json, serve_command, Certs, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -510,12 +510,10 @@ async fn start_slow(
 }
 
 /// `requests_in_flight`: reviews admitted past every limit.
-async fn in_flight(server: &TestServer) -> u64 {
-    let (_, text) = server.get_text(&server.metrics_url("/metrics")).await;
-    text.lines()
-        .find_map(|l| l.strip_prefix("kubevirt_reboot_webhook_requests_in_flight "))
-        .and_then(|v| v.parse().ok())
-        .expect("in-flight gauge")
+async fn in_flight(server: &TestServer) -> f64 {
+    server
+        .metric("kubevirt_reboot_webhook_requests_in_flight")
+        .await
 }
 
 /// Sends `body` with the API server's 2 s timeout: it must be answered in
@@ -672,14 +670,6 @@ struct Proc {
     stderr: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Proc {
     fn spawn(extra: &[&str]) -> Proc {
         Proc::spawn_logging("json", extra)
@@ -688,14 +678,7 @@ impl Proc {
     fn spawn_logging(log_format: &str, extra: &[&str]) -> Proc {
         let certs = Certs::new();
         let (port, metrics_port) = (free_port(), free_port());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kubevirt-reboot-webhook"))
-            .arg("serve")
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-            .arg("--tls-cert")
-            .arg(certs.cert())
-            .arg("--tls-key")
-            .arg(certs.key())
+        let mut child = serve_command(&certs, port, metrics_port)
             .args(["--log-format", log_format])
             // Hermetic: the developer's own settings must not change the logs.
             .env_remove("RUST_LOG")

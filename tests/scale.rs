@@ -17,13 +17,13 @@
 mod support;
 
 use std::io::Read as _;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::{json, Value};
 use support::fake_api::{kubevirt_cr, realistic_vm, uid, FakeApi, Options, Res, Verb};
-use support::Certs;
+use support::{free_port, serve_command, Certs};
 
 const MIB: f64 = 1024.0 * 1024.0;
 const VMS_PER_NAMESPACE: u64 = 100;
@@ -93,14 +93,6 @@ fn rss(pid: u32) -> (u64, u64) {
 /// Resets `VmHWM` to the current RSS (Linux `clear_refs` value 5).
 fn reset_peak(pid: u32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 /// The spawned server; killed when dropped.
@@ -211,15 +203,14 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[idx]
 }
 
+/// The `/metrics` page at `base`.
+async fn metrics_text(http: &reqwest::Client, base: &str) -> Option<String> {
+    let resp = http.get(format!("{base}/metrics")).send().await.ok()?;
+    resp.text().await.ok()
+}
+
 async fn metric(http: &reqwest::Client, base: &str, series: &str) -> Option<f64> {
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+    let text = metrics_text(http, base).await?;
     text.lines().find_map(|l| {
         let (name, value) = l.rsplit_once(' ')?;
         (name == series).then(|| value.parse().ok())?
@@ -229,14 +220,7 @@ async fn metric(http: &reqwest::Client, base: &str, series: &str) -> Option<f64>
 /// The smallest `request_duration_seconds` bucket of `/mutate` holding 99%
 /// of the reviews: the server's own p99, without client and transport.
 async fn server_p99(http: &reqwest::Client, base: &str) -> Option<f64> {
-    let text = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+    let text = metrics_text(http, base).await?;
     let buckets: Vec<(f64, f64)> = text
         .lines()
         .filter(|l| l.contains("request_duration_seconds_bucket") && l.contains("\"mutate\""))
@@ -293,14 +277,7 @@ async fn run(n: u64, requests: usize, relist: bool) -> Run {
     let (port, metrics_port) = (free_port(), free_port());
     let log = certs.dir.path().join("server.log");
     let started = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_kubevirt-reboot-webhook"))
-        .arg("serve")
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-        .arg("--tls-cert")
-        .arg(certs.cert())
-        .arg("--tls-key")
-        .arg(certs.key())
+    let child = serve_command(&certs, port, metrics_port)
         .arg("--kubeconfig")
         .arg(kubeconfig.path())
         .args(["--shutdown-delay", "0s"])

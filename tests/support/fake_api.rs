@@ -198,6 +198,14 @@ impl Store {
     fn col(&mut self, r: Res) -> &mut Collection {
         &mut self.cols[r.index()]
     }
+
+    /// The next resourceVersion, stamped into `obj`, and `obj` serialised.
+    fn stamp(&mut self, mut obj: Value) -> Stored {
+        self.rv += 1;
+        obj["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        let bytes = Bytes::from(serde_json::to_vec(&obj).expect("serialize"));
+        Stored { rv: self.rv, bytes }
+    }
 }
 
 struct Control {
@@ -334,13 +342,10 @@ impl FakeApi {
         self.change(r, obj, false)
     }
 
-    fn change(&self, r: Res, mut obj: Value, event: bool) -> u64 {
+    fn change(&self, r: Res, obj: Value, event: bool) -> u64 {
         let (ns, name) = key_of(&obj);
         let mut store = self.inner.store();
-        store.rv += 1;
-        let rv = store.rv;
-        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let bytes = Bytes::from(serde_json::to_vec(&obj).expect("serialize"));
+        let Stored { rv, bytes } = store.stamp(obj);
         let col = store.col(r);
         let key = (ns.clone(), name);
         let existed = col
@@ -418,14 +423,11 @@ impl FakeApi {
 
     /// Stores an object that only GET returns: never listed or watched (a VM
     /// created a moment ago that the watch has not delivered yet).
-    pub fn put_hidden(&self, r: Res, mut obj: Value) {
+    pub fn put_hidden(&self, r: Res, obj: Value) {
         let (ns, name) = key_of(&obj);
         let mut store = self.inner.store();
-        store.rv += 1;
-        let rv = store.rv;
-        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let bytes = Bytes::from(serde_json::to_vec(&obj).expect("serialize"));
-        store.col(r).hidden.insert((ns, name), Stored { rv, bytes });
+        let stored = store.stamp(obj);
+        store.col(r).hidden.insert((ns, name), stored);
     }
 
     /// How many objects are listed (hidden ones excluded).

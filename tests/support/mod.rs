@@ -13,6 +13,29 @@ use tokio::sync::oneshot;
 
 pub mod fake_api;
 
+/// A free loopback port (bound and released; fine for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// `kubevirt-reboot-webhook serve` as a child process: HTTPS on `port`,
+/// health and metrics on `metrics_port`, TLS from `certs`, both on loopback.
+pub fn serve_command(certs: &Certs, port: u16, metrics_port: u16) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kubevirt-reboot-webhook"));
+    cmd.arg("serve")
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+        .arg("--tls-cert")
+        .arg(certs.cert())
+        .arg("--tls-key")
+        .arg(certs.key());
+    cmd
+}
+
 /// Development certificates written into a temporary directory.
 pub struct Certs {
     pub dir: tempfile::TempDir,
@@ -134,6 +157,19 @@ impl TestServer {
             status,
             serde_json::from_str(&text).unwrap_or(Value::String(text)),
         )
+    }
+
+    /// One sample from `/metrics`, 0 when the series is absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (status, text) = self.get_text(&self.metrics_url("/metrics")).await;
+        assert_eq!(status, 200);
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                (name == series).then(|| value.parse::<f64>().expect("metric value"))
+            })
+            .unwrap_or(0.0)
     }
 
     pub async fn get_text(&self, url: &str) -> (u16, String) {
