@@ -25,6 +25,8 @@ enum Variant {
     Base,
     CertManager,
     Compat,
+    /// For clusters without webhook matchConditions (Kubernetes before 1.28).
+    NoMatchConditions,
 }
 
 /// Entry points (relative to `manifests/`) and what they must produce.
@@ -33,6 +35,7 @@ const ENTRY_POINTS: &[(&str, Variant)] = &[
     ("base", Variant::Base),
     ("overlays/cert-manager", Variant::CertManager),
     ("overlays/compat", Variant::Compat),
+    ("overlays/no-match-conditions", Variant::NoMatchConditions),
 ];
 
 fn manifests_dir() -> PathBuf {
@@ -1099,6 +1102,33 @@ fn check_webhooks(p: &mut Vec<String>, objs: &[Value], variant: Variant) {
                     "{name}: caBundle placeholder \"\" for make deploy missing"
                 );
             }
+            // tests/match_conditions.rs proves the conditions of the base's
+            // files against the decisions: every entry point must carry
+            // exactly those, or none where the cluster has no matchConditions.
+            let base = manifests_dir().join(format!(
+                "base/{}-webhook.yaml",
+                if path == "/validate" {
+                    "validating"
+                } else {
+                    "mutating"
+                }
+            ));
+            let proven = read_docs(&base).map(|d| d[0]["webhooks"][0]["matchConditions"].clone());
+            if variant == Variant::NoMatchConditions {
+                ensure!(
+                    p,
+                    w.get("matchConditions").is_none(),
+                    "{name}: matchConditions must be removed in the variant for clusters without them"
+                );
+            } else {
+                ensure!(
+                    p,
+                    !array(&w["matchConditions"]).is_empty()
+                        && proven.as_ref().ok() == Some(&w["matchConditions"]),
+                    "{name}: matchConditions must be exactly those of {} (proven by tests/match_conditions.rs)",
+                    base.display()
+                );
+            }
             if path == "/mutate" {
                 ensure!(
                     p,
@@ -1308,6 +1338,28 @@ fn compat_component_only_adds_the_compat_pieces() {
 }
 
 #[test]
+fn no_match_conditions_component_only_removes_the_conditions() {
+    let mut base = render(&manifests_dir().join("base")).expect("base");
+    let stripped =
+        render(&manifests_dir().join("overlays/no-match-conditions")).expect("no-match-conditions");
+    // The base itself must fail this variant's check, so it tests something.
+    let problems = check(&base, Variant::NoMatchConditions).join("\n");
+    assert_eq!(
+        problems.matches("matchConditions must be removed").count(),
+        2,
+        "{problems}"
+    );
+    for kind in [V, M] {
+        let removed = webhook(&mut base, kind)
+            .as_object_mut()
+            .expect("webhook")
+            .remove("matchConditions");
+        assert!(removed.is_some(), "{kind} has no matchConditions");
+    }
+    assert_eq!(base, stripped);
+}
+
+#[test]
 fn kubectl_kustomize_agrees() {
     let mut ran = false;
     for (dir, variant) in ENTRY_POINTS {
@@ -1387,6 +1439,21 @@ const BREAKAGES: &[Breakage] = &[
                 .remove("caBundle");
         },
         "caBundle placeholder",
+    ),
+    (
+        "no matchConditions",
+        |o| {
+            webhook(o, M)
+                .as_object_mut()
+                .expect("webhook")
+                .remove("matchConditions");
+        },
+        "matchConditions must be exactly",
+    ),
+    (
+        "narrowed matchConditions",
+        |o| webhook(o, V)["matchConditions"][1]["expression"] = "false".into(),
+        "matchConditions must be exactly",
     ),
     (
         "sideEffects",
