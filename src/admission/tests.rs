@@ -133,12 +133,54 @@ fn owner(rs: RunStrategy, annotated: bool) -> Owner {
 
 /// `decide` for the validating webhook with policy `p` and gate `gate`.
 fn validate(p: &Policy, req: &AdmissionRequest, gate: bool, owner: &Owner) -> Verdict {
-    decide(Endpoint::Validate, req, Context { policy: p, gate }, owner)
+    let v = decide(Endpoint::Validate, req, Context { policy: p, gate }, owner);
+    skip_means_untouched(Endpoint::Validate, req, p, owner, &v);
+    v
 }
 
 /// `decide` for the mutating webhook with policy `p` and gate `gate`.
 fn mutate(p: &Policy, req: &AdmissionRequest, gate: bool, owner: &Owner) -> Verdict {
-    decide(Endpoint::Mutate, req, Context { policy: p, gate }, owner)
+    let v = decide(Endpoint::Mutate, req, Context { policy: p, gate }, owner);
+    skip_means_untouched(Endpoint::Mutate, req, p, owner, &v);
+    v
+}
+
+#[path = "../../tests/support/match_conditions.rs"]
+mod match_conditions;
+
+thread_local! {
+    static WEBHOOKS: [match_conditions::Webhook; 2] = [
+        match_conditions::base_webhook("/validate"),
+        match_conditions::base_webhook("/mutate"),
+    ];
+}
+
+/// Every row also checks the manifests' matchConditions: when they tell the
+/// API server to skip the request, the verdict must be "allowed, no patch, no
+/// warning" (tests/match_conditions.rs checks fixtures and generated
+/// requests). Rows that hand `decide` an owner the server would not have
+/// looked up are not requests the server can see, so they are left out.
+fn skip_means_untouched(
+    endpoint: Endpoint,
+    req: &AdmissionRequest,
+    p: &Policy,
+    owner: &Owner,
+    v: &Verdict,
+) {
+    if owner_to_resolve(endpoint, req, p).is_none() && *owner != Owner::None {
+        return;
+    }
+    let json = serde_json::to_value(req).expect("requests serialise");
+    let outcome = WEBHOOKS
+        .with(|w| w[usize::from(endpoint == Endpoint::Mutate)].evaluate(&json))
+        .unwrap_or_else(|e| panic!("matchConditions fail on {json}: {e}"));
+    if let match_conditions::Outcome::Skip(condition) = outcome {
+        assert!(
+            v.causes.is_empty() && v.patch.is_empty() && v.warnings.is_empty(),
+            "matchCondition {condition} skips /{} for {json}, but the webhook answers {v:?}",
+            endpoint.as_str()
+        );
+    }
 }
 
 /// What a row expects: causes as (field, reason, message part), warnings as parts.
