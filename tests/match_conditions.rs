@@ -343,6 +343,7 @@ fn plain_writes_are_skipped_and_feature_writes_are_sent() {
         ("VM left BootOnce", request(VM, Update, "alice", Some(plain_vm()), Some(with(plain_vm(), "/spec/runStrategy", json!("BootOnce")))), Call, sm.clone()),
         ("VM annotation", request(VM, Create, "alice", Some(with(plain_vm(), ann, json!("BootOnce"))), None), Call, Call),
         ("VM template annotation", request(VM, Create, "alice", Some(with(plain_vm(), tmpl_ann, json!({BOOTONCE_ANNOTATION: "x"}))), None), Call, Call),
+        ("VM leaving compat BootOnce", request(VM, Update, "alice", Some(with(plain_vm(), tmpl_ann, json!({BOOTONCE_ANNOTATION: "BootOnce"}))), Some(stored_as_compat_bootonce(&plain_vm()))), Call, Call),
         ("VMI without owner", request(VMI, Create, "alice", Some(plain_vmi(false)), None), svmi.clone(), smvmi.clone()),
         ("VMI of a VM", request(VMI, Create, CONTROLLER, Some(plain_vmi(true)), None), svmi.clone(), Call),
         ("VMI of a VM, not controller", request(VMI, Create, CONTROLLER, Some(with(plain_vmi(true), "/metadata/ownerReferences/0/controller", json!(false))), None), svmi.clone(), smvmi.clone()),
@@ -562,6 +563,37 @@ fn any_object() -> BoxedStrategy<Value> {
     ])
 }
 
+/// `v` with `value` at `path`, creating missing objects on the way; left as
+/// it is where something other than an object is in the way.
+fn set_path(v: &mut Value, path: &[&str], value: Value) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut cur = v;
+    for p in parents {
+        let Some(m) = cur.as_object_mut() else { return };
+        cur = m.entry(*p).or_insert_with(|| json!({}));
+    }
+    if let Some(m) = cur.as_object_mut() {
+        m.insert((*last).to_owned(), value);
+    }
+}
+
+/// `v` as compat mode stores BootOnce (runStrategy Once, the annotation on
+/// the VM and its VMI template), at both the VM's and the pool's paths.
+fn stored_as_compat_bootonce(v: &Value) -> Value {
+    let mut old = v.clone();
+    for vm in [&[][..], &["spec", "virtualMachineTemplate"][..]] {
+        let at = |tail: &[&'static str]| [vm, tail].concat();
+        set_path(&mut old, &at(&["spec", "runStrategy"]), json!("Once"));
+        for meta in [&["metadata"][..], &["spec", "template", "metadata"][..]] {
+            let path = [&at(meta)[..], &["annotations", BOOTONCE_ANNOTATION]].concat();
+            set_path(&mut old, &path, json!("BootOnce"));
+        }
+    }
+    old
+}
+
 fn any_request() -> impl Strategy<Value = AdmissionRequest> {
     let kind = proptest::sample::select(vec![
         ("kubevirt.io", "v1", "VirtualMachineInstance"),
@@ -589,9 +621,10 @@ fn any_request() -> impl Strategy<Value = AdmissionRequest> {
         (Some("bob"), vec!["kubevirt-admins"]),
         (None, vec![]),
     ]);
-    // The old object: none, the same, another, or the new one's metadata
-    // over another's spec (ratcheting: some fields kept, some changed).
-    let old_choice = 0..4u8;
+    // The old object: none, the same, another, the new one's metadata over
+    // another's spec (ratcheting: some fields kept, some changed), or the new
+    // one as compat mode stores a BootOnce VM or pool (leaving BootOnce).
+    let old_choice = 0..5u8;
     let sub = proptest::option::weighted(0.1, Just("status".to_owned()));
     (kind, op, user, any_object(), any_object(), old_choice, sub).prop_map(
         |(kind, op, (name, groups), object, other, old_choice, sub)| {
@@ -599,6 +632,7 @@ fn any_request() -> impl Strategy<Value = AdmissionRequest> {
                 0 => None,
                 1 => Some(object.clone()),
                 2 => Some(other),
+                3 => Some(stored_as_compat_bootonce(&object)),
                 _ => {
                     let mut o = other;
                     if let (Some(m), Some(meta)) = (o.as_object_mut(), object.get("metadata")) {
