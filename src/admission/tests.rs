@@ -171,8 +171,12 @@ fn skip_means_untouched(
         return;
     }
     let json = serde_json::to_value(req).expect("requests serialise");
+    let webhook = match endpoint {
+        Endpoint::Validate => 0,
+        Endpoint::Mutate => 1,
+    };
     let outcome = WEBHOOKS
-        .with(|w| w[usize::from(endpoint == Endpoint::Mutate)].evaluate(&json))
+        .with(|w| w[webhook].evaluate(&json))
         .unwrap_or_else(|e| panic!("matchConditions fail on {json}: {e}"));
     if let match_conditions::Outcome::Skip(condition) = outcome {
         assert!(
