@@ -8,8 +8,9 @@ METRICS    ?= 127.0.0.1:8080
 IMAGE      ?= kubevirt-reboot-webhook:latest
 NAMESPACE  ?= kubevirt-reboot-webhook
 KUBECTL    ?= kubectl
+K8S_VERSION ?=
 
-.PHONY: help run test lint certs build release manifests deploy undeploy bench bench-scale fuzz clean
+.PHONY: help run test lint certs build release manifests deploy undeploy bench bench-scale fuzz e2e e2e-build clean
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -64,6 +65,12 @@ bench-scale: ## VM cache at 10,000 and 100,000 VMs against the fake API server
 
 fuzz: ## Fuzz request decoding and the decisions for a bounded time (FUZZ_SECONDS, default 60)
 	$(MAKE) --no-print-directory -C fuzz run
+
+e2e: ## Real kube-apiserver + etcd + kubectl: install from manifests/, run the scenarios (root; K8S_VERSION=...)
+	K8S_VERSION=$(K8S_VERSION) bash e2e/run.sh
+
+e2e-build: ## Build (or reuse) the control plane of make e2e and print where it is
+	@K8S_VERSION=$(K8S_VERSION) bash -c 'source e2e/build.sh && printf "%s\n" "$$KUBE_APISERVER" "$$ETCD" "$$KUBECTL" "$$E2EHELPER"'
 
 clean: ## Remove build output and generated certificates
 	$(CARGO) clean

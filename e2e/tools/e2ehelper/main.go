@@ -1,0 +1,294 @@
+// Command e2ehelper does the parts of make e2e that a shell loop around
+// kubectl would do slowly or not at all:
+//
+//	e2ehelper latency  -kubeconfig K -n NS -count N [-as USER] [-owner VM]  # N sequential VMI creates, timed
+//	e2ehelper vms      -kubeconfig K -n NS -count N -prefix P [-delete]     # many plain VMs at once
+//	e2ehelper webhook  -listen ADDR -cert C -key K                          # a second mutating webhook
+//
+// Everything it prints on stdout is one JSON object, for run.sh to read.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+var (
+	vmGVR  = schema.GroupVersionResource{Group: "kubevirt.io", Version: "v1", Resource: "virtualmachines"}
+	vmiGVR = schema.GroupVersionResource{Group: "kubevirt.io", Version: "v1", Resource: "virtualmachineinstances"}
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fail("usage: e2ehelper latency|vms|webhook [flags]")
+	}
+	var err error
+	switch os.Args[1] {
+	case "latency":
+		err = latency(os.Args[2:])
+	case "vms":
+		err = vms(os.Args[2:])
+	case "webhook":
+		err = webhook(os.Args[2:])
+	default:
+		err = fmt.Errorf("unknown command %q", os.Args[1])
+	}
+	if err != nil {
+		fail(err.Error())
+	}
+}
+
+func fail(msg string) {
+	fmt.Fprintln(os.Stderr, "e2ehelper:", msg)
+	os.Exit(1)
+}
+
+func client(kubeconfig, as string, qps float32) (dynamic.Interface, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	cfg.QPS, cfg.Burst = qps, int(qps)
+	cfg.Timeout = 30 * time.Second
+	if as != "" {
+		cfg.Impersonate = rest.ImpersonationConfig{UserName: as}
+	}
+	return dynamic.NewForConfig(cfg)
+}
+
+func printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	return enc.Encode(v)
+}
+
+// latency creates -count VMIs one after another and reports client-side
+// create latencies. With -owner, each VMI is controlled by that VM (so the
+// mutating webhook has an owner to look up) and is created as -as (by
+// default KubeVirt's controller, as virt-controller would).
+func latency(args []string) error {
+	fs := flag.NewFlagSet("latency", flag.ExitOnError)
+	kubeconfig := fs.String("kubeconfig", "", "kubeconfig")
+	ns := fs.String("n", "default", "namespace")
+	count := fs.Int("count", 500, "creates to time")
+	warmup := fs.Int("warmup", 20, "creates before timing")
+	owner := fs.String("owner", "", "VirtualMachine that controls the VMIs")
+	as := fs.String("as", "system:serviceaccount:kubevirt:kubevirt-controller", "user to create as")
+	prefix := fs.String("prefix", "lat", "VMI name prefix")
+	_ = fs.Parse(args)
+	ctx := context.Background()
+	admin, err := client(*kubeconfig, "", 1000)
+	if err != nil {
+		return err
+	}
+	dyn, err := client(*kubeconfig, *as, 1000)
+	if err != nil {
+		return err
+	}
+	var ref []any
+	if *owner != "" {
+		vm, err := admin.Resource(vmGVR).Namespace(*ns).Get(ctx, *owner, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		ref = []any{map[string]any{
+			"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "name": vm.GetName(),
+			"uid": string(vm.GetUID()), "controller": true, "blockOwnerDeletion": true,
+		}}
+	}
+	var samples []time.Duration
+	var patched int
+	for i := 0; i < *warmup+*count; i++ {
+		meta := map[string]any{"name": fmt.Sprintf("%s-%d", *prefix, i)}
+		if ref != nil {
+			meta["ownerReferences"] = ref
+		}
+		obj := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance", "metadata": meta,
+			"spec": map[string]any{"domain": map[string]any{"devices": map[string]any{}}},
+		}}
+		start := time.Now()
+		got, err := dyn.Resource(vmiGVR).Namespace(*ns).Create(ctx, obj, metav1.CreateOptions{})
+		took := time.Since(start)
+		if err != nil {
+			return fmt.Errorf("create %d: %w", i, err)
+		}
+		if i >= *warmup {
+			samples = append(samples, took)
+			if got.GetAnnotations()["runstrategy.kubevirt.io"] == "BootOnce" {
+				patched++
+			}
+		}
+	}
+	sort.Slice(samples, func(a, b int) bool { return samples[a] < samples[b] })
+	q := func(p float64) float64 {
+		i := int(p*float64(len(samples))+0.5) - 1
+		if i < 0 {
+			i = 0
+		}
+		if i >= len(samples) {
+			i = len(samples) - 1
+		}
+		return float64(samples[i].Microseconds()) / 1000
+	}
+	var sum time.Duration
+	for _, s := range samples {
+		sum += s
+	}
+	return printJSON(map[string]any{
+		"count": len(samples), "stamped": patched,
+		"p50_ms": q(0.50), "p90_ms": q(0.90), "p99_ms": q(0.99), "max_ms": q(1.0),
+		"mean_ms": float64(sum.Microseconds()) / 1000 / float64(len(samples)),
+	})
+}
+
+// vms creates (or deletes) -count plain VirtualMachines named PREFIX-i,
+// 16 at a time.
+func vms(args []string) error {
+	fs := flag.NewFlagSet("vms", flag.ExitOnError)
+	kubeconfig := fs.String("kubeconfig", "", "kubeconfig")
+	ns := fs.String("n", "default", "namespace")
+	count := fs.Int("count", 1000, "VMs")
+	first := fs.Int("first", 0, "index of the first VM")
+	prefix := fs.String("prefix", "vm", "name prefix")
+	strategy := fs.String("run-strategy", "Always", "spec.runStrategy")
+	del := fs.Bool("delete", false, "delete instead of create")
+	update := fs.Bool("update", false, "update (add a label) instead of create")
+	_ = fs.Parse(args)
+	ctx := context.Background()
+	dyn, err := client(*kubeconfig, "", 500)
+	if err != nil {
+		return err
+	}
+	res := dyn.Resource(vmGVR).Namespace(*ns)
+	var failed atomic.Int64
+	var firstErr atomic.Value
+	work := make(chan int)
+	var wg sync.WaitGroup
+	for w := 0; w < 16; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				name := fmt.Sprintf("%s-%d", *prefix, i)
+				var err error
+				switch {
+				case *del:
+					err = res.Delete(ctx, name, metav1.DeleteOptions{})
+				case *update:
+					var vm *unstructured.Unstructured
+					if vm, err = res.Get(ctx, name, metav1.GetOptions{}); err == nil {
+						labels := vm.GetLabels()
+						if labels == nil {
+							labels = map[string]string{}
+						}
+						labels["e2e-touched"] = "true"
+						vm.SetLabels(labels)
+						_, err = res.Update(ctx, vm, metav1.UpdateOptions{})
+					}
+				default:
+					_, err = res.Create(ctx, plainVM(name, *strategy), metav1.CreateOptions{})
+				}
+				if err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+				}
+			}
+		}()
+	}
+	start := time.Now()
+	for i := *first; i < *first+*count; i++ {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	out := map[string]any{"count": *count, "failed": failed.Load(), "seconds": time.Since(start).Seconds()}
+	if e := firstErr.Load(); e != nil {
+		out["first_error"] = e
+	}
+	return printJSON(out)
+}
+
+func plainVM(name, strategy string) *unstructured.Unstructured {
+	return &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+		"metadata": map[string]any{"name": name},
+		"spec": map[string]any{
+			"runStrategy": strategy,
+			"template": map[string]any{"spec": map[string]any{
+				"domain": map[string]any{"devices": map[string]any{}, "resources": map[string]any{"requests": map[string]any{"memory": "64Mi"}}},
+			}},
+		},
+	}}
+}
+
+// webhook serves a mutating webhook that, for VMIs labelled
+// e2e.reboot.kubevirt.io/strip=true, removes the reserved annotation that
+// kubevirt-reboot-webhook stamped and adds a label. Registered after ours
+// with reinvocationPolicy Never, it makes the API server reinvoke ours
+// (IfNeeded), which must stamp again.
+func webhook(args []string) error {
+	fs := flag.NewFlagSet("webhook", flag.ExitOnError)
+	listen := fs.String("listen", "127.0.0.1:9443", "address")
+	cert := fs.String("cert", "", "serving certificate")
+	key := fs.String("key", "", "serving key")
+	_ = fs.Parse(args)
+	var calls atomic.Int64
+	mux := http.NewServeMux()
+	mux.HandleFunc("/calls", func(w http.ResponseWriter, _ *http.Request) {
+		_ = json.NewEncoder(w).Encode(map[string]int64{"calls": calls.Load()})
+	})
+	mux.HandleFunc("/mutate", func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		body, err := io.ReadAll(io.LimitReader(r.Body, 8<<20))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		var review admissionv1.AdmissionReview
+		if err := json.Unmarshal(body, &review); err != nil || review.Request == nil {
+			http.Error(w, "not an AdmissionReview", http.StatusBadRequest)
+			return
+		}
+		var obj struct {
+			Metadata struct {
+				Labels      map[string]string `json:"labels"`
+				Annotations map[string]string `json:"annotations"`
+			} `json:"metadata"`
+		}
+		_ = json.Unmarshal(review.Request.Object.Raw, &obj)
+		resp := &admissionv1.AdmissionResponse{UID: review.Request.UID, Allowed: true}
+		if obj.Metadata.Labels["e2e.reboot.kubevirt.io/strip"] == "true" {
+			var ops []map[string]any
+			if _, ok := obj.Metadata.Annotations["runstrategy.kubevirt.io"]; ok {
+				ops = append(ops, map[string]any{"op": "remove", "path": "/metadata/annotations/runstrategy.kubevirt.io"})
+			}
+			ops = append(ops, map[string]any{"op": "add", "path": "/metadata/labels/e2e.reboot.kubevirt.io~1touched", "value": "true"})
+			patch, _ := json.Marshal(ops)
+			pt := admissionv1.PatchTypeJSONPatch
+			resp.Patch, resp.PatchType = patch, &pt
+		}
+		review.Response, review.Request = resp, nil
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(review)
+	})
+	srv := &http.Server{Addr: *listen, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	fmt.Fprintf(os.Stderr, "e2ehelper webhook on https://%s\n", *listen)
+	return srv.ListenAndServeTLS(*cert, *key)
+}
