@@ -636,3 +636,94 @@ fn latency_alert_follows_timeout_seconds() {
         "{diffs:#?}"
     );
 }
+
+/// A copy of the chart whose _matchconditions.tpl holds `tpl` instead.
+fn chart_with_conditions(tpl: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fn copy(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).expect("mkdir");
+        for entry in std::fs::read_dir(from).expect("read_dir") {
+            let path = entry.expect("entry").path();
+            let target = to.join(path.file_name().expect("name"));
+            if path.is_dir() {
+                copy(&path, &target);
+            } else {
+                std::fs::copy(&path, &target).expect("copy");
+            }
+        }
+    }
+    let root = dir.path().join("kubevirt-reboot-webhook");
+    copy(&chart(), &root);
+    std::fs::write(root.join("templates/_matchconditions.tpl"), tpl).expect("write");
+    dir
+}
+
+/// The switch the lead needs once the manifests carry matchConditions: the
+/// expressions pasted into _matchconditions.tpl appear in the right webhook,
+/// compat's own list replaces the native one, and `webhooks.matchConditions=false`
+/// drops them (for clusters older than 1.30).
+#[test]
+fn match_conditions_switch() {
+    let Some(helm) = tools::helm() else {
+        return;
+    };
+    let tpl = r#"
+{{- define "kubevirt-reboot-webhook.matchConditions.validating" -}}
+- name: uses-the-feature
+  expression: 'has(object.spec)'
+{{- end }}
+{{- define "kubevirt-reboot-webhook.matchConditions.mutating" -}}
+- name: owned-by-a-vm
+  expression: 'has(object.metadata.ownerReferences)'
+{{- end }}
+{{- define "kubevirt-reboot-webhook.matchConditions.validating.compat" -}}
+[]
+{{- end }}
+{{- define "kubevirt-reboot-webhook.matchConditions.mutating.compat" -}}
+- name: owned-by-a-vm-or-compat
+  expression: 'true'
+{{- end }}
+"#;
+    let dir = chart_with_conditions(tpl);
+    let chart = dir.path().join("kubevirt-reboot-webhook");
+    let render = |values: &[&str]| -> BTreeMap<&'static str, Value> {
+        let mut args = vec![
+            "template",
+            RELEASE,
+            chart.to_str().expect("utf-8"),
+            "-n",
+            NS,
+        ];
+        for v in values {
+            args.extend(["--set", v]);
+        }
+        let objs = parse_docs(&tools::ok(&helm, &args));
+        [
+            "ValidatingWebhookConfiguration",
+            "MutatingWebhookConfiguration",
+        ]
+        .into_iter()
+        .map(|k| (k, one(&objs, k)["webhooks"][0]["matchConditions"].clone()))
+        .collect()
+    };
+    let on = render(&[]);
+    assert_eq!(
+        on["ValidatingWebhookConfiguration"],
+        json!([{"name": "uses-the-feature", "expression": "has(object.spec)"}])
+    );
+    assert_eq!(
+        on["MutatingWebhookConfiguration"],
+        json!([{"name": "owned-by-a-vm", "expression": "has(object.metadata.ownerReferences)"}])
+    );
+    let compat = render(&["bootonce=compat"]);
+    assert_eq!(
+        compat["ValidatingWebhookConfiguration"],
+        on["ValidatingWebhookConfiguration"]
+    );
+    assert_eq!(
+        compat["MutatingWebhookConfiguration"],
+        json!([{"name": "owned-by-a-vm-or-compat", "expression": "true"}])
+    );
+    let off = render(&["webhooks.matchConditions=false", "bootonce=compat"]);
+    assert!(off.values().all(Value::is_null), "{off:?}");
+}
