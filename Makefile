@@ -36,7 +36,9 @@ run: $(CERTS_DIR)/tls.crt ## Serve on 127.0.0.1:8443 with the gate on and exampl
 	  --tls-cert $(CERTS_DIR)/tls.crt --tls-key $(CERTS_DIR)/tls.key \
 	  --feature-gates RecreateVMIOnReboot --objects examples
 
-test: ## Run every test (unit, integration, manifests, the bench crate's payloads)
+test: ## Run every test (unit, integration, manifests, chart, alerts, the bench crate's payloads)
+	@if command -v $(GO) >/dev/null 2>&1; then $(MAKE) --no-print-directory -s helm >/dev/null; \
+	  else echo "note: no Go, so no Helm: the chart tests skip (and fail with CI=true)" >&2; fi
 	$(CARGO) test --locked --workspace
 
 lint: ## clippy and rustfmt, as CI wants them
