@@ -9,8 +9,18 @@ IMAGE      ?= kubevirt-reboot-webhook:latest
 NAMESPACE  ?= kubevirt-reboot-webhook
 KUBECTL    ?= kubectl
 K8S_VERSION ?=
+GO         ?= go
+# Helm for the chart tests and make e2e, built from e2e/helm (its go.mod pins
+# the release) into a cache outside git, one directory per version. As Helm's
+# own release build does, .Capabilities.KubeVersion of `helm template` is the
+# Kubernetes minor of the client-go it is built with.
+gomod_version = $(shell awk '$$1=="$(1)"{print $$2} $$1=="require" && $$2=="$(1)"{print $$3}' e2e/helm/go.mod)
+HELM_VERSION := $(call gomod_version,helm.sh/helm/v3)
+HELM_K8S_MINOR := $(word 2,$(subst ., ,$(call gomod_version,k8s.io/client-go)))
+HELM_CACHE   ?= $(or $(KRW_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/kubevirt-reboot-webhook)/helm-$(HELM_VERSION)
+HELM_BIN     := $(HELM_CACHE)/helm
 
-.PHONY: help run test lint certs build release manifests deploy undeploy bench bench-scale fuzz e2e e2e-build clean
+.PHONY: help run test lint certs build release manifests deploy undeploy bench bench-scale fuzz e2e e2e-build clean helm
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -27,7 +37,9 @@ run: $(CERTS_DIR)/tls.crt ## Serve on 127.0.0.1:8443 with the gate on and exampl
 	  --tls-cert $(CERTS_DIR)/tls.crt --tls-key $(CERTS_DIR)/tls.key \
 	  --feature-gates RecreateVMIOnReboot --objects examples
 
-test: ## Run every test (unit, integration, manifests, the bench crate's payloads)
+test: ## Run every test (unit, integration, manifests, chart, alerts, the bench crate's payloads)
+	@if command -v $(GO) >/dev/null 2>&1; then $(MAKE) --no-print-directory -s helm >/dev/null; \
+	  else echo "note: no Go, so no Helm: the chart tests skip (and fail with CI=true)" >&2; fi
 	$(CARGO) test --locked --workspace
 
 lint: ## clippy and rustfmt, as CI wants them
@@ -56,6 +68,19 @@ deploy: $(CERTS_DIR)/tls.crt ## Development install: TLS secret from certs/, caB
 undeploy: ## Remove the webhook configurations first, then everything else
 	-$(KUBECTL) delete mutatingwebhookconfiguration,validatingwebhookconfiguration -l app.kubernetes.io/name=$(BIN)
 	-$(KUBECTL) kustomize manifests | $(KUBECTL) delete --ignore-not-found -f -
+
+helm: ## Build Helm at the version pinned in e2e/helm/go.mod into the cache (kept if present); prints its path
+	@if [ ! -x "$(HELM_BIN)" ]; then \
+	  echo "building helm $(HELM_VERSION) into $(HELM_CACHE)" >&2; \
+	  mkdir -p "$(HELM_CACHE)" && cd e2e/helm && \
+	  $(GO) build -mod=readonly -trimpath \
+	    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION) \
+	      -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$(HELM_K8S_MINOR) \
+	      -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$(HELM_K8S_MINOR)" \
+	    -o "$(HELM_BIN).tmp" helm.sh/helm/v3/cmd/helm >&2 && \
+	  mv "$(HELM_BIN).tmp" "$(HELM_BIN)"; \
+	fi
+	@echo "$(HELM_BIN)"
 
 bench: ## Load benchmark over loopback TLS against the floor server, plus decision micro-benchmarks
 	$(MAKE) --no-print-directory -C bench run

@@ -19,6 +19,18 @@ pub struct RequestLabels {
     pub warned: bool,
 }
 
+/// One cause of a denial: which rule (reason at field) said no, and whether
+/// it was enforced (`deny`) or turned into a warning by `--mode warn` (`warn`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DenialLabels {
+    pub endpoint: &'static str,
+    pub kind: String,
+    pub reason: &'static str,
+    /// A field path from the decisions' fixed layouts, never user input.
+    pub field: String,
+    pub action: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndpointLabels {
     pub endpoint: &'static str,
@@ -58,6 +70,7 @@ pub struct CacheLabels {
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
+    pub denial_causes: Family<DenialLabels, Counter>,
     pub latency: Family<EndpointLabels, Histogram>,
     pub errors: Family<ErrorLabels, Counter>,
     pub owner_lookups: Family<LookupLabels, Counter>,
@@ -79,6 +92,12 @@ impl Metrics {
         let mut registry = Registry::with_prefix("kubevirt_reboot_webhook");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("requests", "Admission reviews answered", requests.clone());
+        let denial_causes = Family::<DenialLabels, Counter>::default();
+        registry.register(
+            "denial_causes",
+            "Causes of denials (action deny) and of warn-mode would-be denials (action warn)",
+            denial_causes.clone(),
+        );
         let latency = Family::<EndpointLabels, Histogram>::new_with_constructor(|| {
             Histogram::new([
                 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -135,6 +154,7 @@ impl Metrics {
         Metrics {
             registry,
             requests,
+            denial_causes,
             latency,
             errors,
             owner_lookups,

@@ -7,7 +7,7 @@ use std::time::Instant;
 use crate::admission::review::{self, AdmissionResponse, Review};
 use crate::admission::{self, Context, Endpoint, Owner, Policy};
 use crate::gates::GateSource;
-use crate::metrics::{EndpointLabels, ErrorClass, Metrics, RequestLabels};
+use crate::metrics::{DenialLabels, EndpointLabels, ErrorClass, Metrics, RequestLabels};
 use crate::owners::{self, VmSource};
 
 /// The sources and settings every review needs.
@@ -38,15 +38,25 @@ impl Webhook {
         let response = review::response(&req.uid, &verdict);
 
         let kind = req.kind.kind.as_str();
+        let kind_label = if req.kind().is_some() { kind } else { "other" };
+        let denied = verdict.causes.iter().map(|c| (c, "deny"));
+        for (cause, action) in denied.chain(verdict.waived.iter().map(|c| (c, "warn"))) {
+            self.metrics
+                .denial_causes
+                .get_or_create(&DenialLabels {
+                    endpoint: endpoint.as_str(),
+                    kind: kind_label.to_owned(),
+                    reason: cause.reason.as_str(),
+                    field: cause.field.clone(),
+                    action,
+                })
+                .inc();
+        }
         self.metrics
             .requests
             .get_or_create(&RequestLabels {
                 endpoint: endpoint.as_str(),
-                kind: if req.kind().is_some() {
-                    kind.to_owned()
-                } else {
-                    "other".to_owned()
-                },
+                kind: kind_label.to_owned(),
                 operation: req.operation.as_str(),
                 allowed: response.allowed,
                 mutated: response.patch.is_some(),

@@ -14,7 +14,7 @@ mod validate;
 pub use kinds::{Kind, Layout};
 pub use review::{AdmissionRequest, DecodeError, Operation};
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use serde_json::Value;
 
@@ -227,6 +227,20 @@ pub struct Verdict {
     pub causes: Vec<Cause>,
     pub warnings: Vec<String>,
     pub patch: Vec<json_patch::PatchOperation>,
+    /// Causes that `--mode warn` turned into warnings: the request passes,
+    /// but the audit log and the metrics still say why it would not have.
+    pub waived: Vec<Cause>,
+    /// What the patch does, in words, for the audit log.
+    pub mutation: Option<Mutation>,
+}
+
+/// A patch described for the audit log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mutation {
+    /// The audit annotation key: `stamped`, `unstamped` or `compat-rewrite`.
+    pub action: &'static str,
+    /// `field=value` per field set, `field removed` per field removed.
+    pub changes: Vec<String>,
 }
 
 impl Verdict {
@@ -246,6 +260,36 @@ impl Verdict {
             .join("; ")
     }
 
+    /// `auditAnnotations` of the response: why a request was denied
+    /// (`denied`) or would have been in warn mode (`would-deny`), each cause
+    /// as `field: reason`, and what a patch changed (`stamped`, `unstamped`,
+    /// `compat-rewrite`). The API server records them in its audit log under
+    /// `<webhook name>/<key>`.
+    pub fn audit_annotations(&self) -> BTreeMap<String, String> {
+        fn summary(causes: &[Cause]) -> String {
+            causes
+                .iter()
+                .map(|c| match c.field.as_str() {
+                    "" => c.reason.as_str().to_owned(),
+                    f => format!("{f}: {}", c.reason.as_str()),
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        }
+        let mut audit = BTreeMap::new();
+        if !self.allowed() {
+            audit.insert("denied".to_owned(), summary(&self.causes));
+            return audit;
+        }
+        if !self.waived.is_empty() {
+            audit.insert("would-deny".to_owned(), summary(&self.waived));
+        }
+        if let Some(m) = self.mutation.as_ref().filter(|_| !self.patch.is_empty()) {
+            audit.insert(m.action.to_owned(), m.changes.join(", "));
+        }
+        audit
+    }
+
     /// Applies `--mode warn`: causes become warnings and the request passes.
     ///
     /// Except a mutation that could not read the VMI's owner: warn mode
@@ -260,14 +304,16 @@ impl Verdict {
                 .iter()
                 .any(|c| c.reason == CauseReason::InternalError);
         if mode == Mode::Warn && !self.causes.is_empty() && !undecided_mutation {
-            for c in self.causes.drain(..) {
+            for c in &self.causes {
                 self.warnings.push(match c.field.as_str() {
                     "" => format!("would be denied (warn mode): {}", c.message),
                     f => format!("would be denied (warn mode): {f}: {}", c.message),
                 });
             }
+            self.waived = std::mem::take(&mut self.causes);
             // A denied mutation has nothing trustworthy to patch with.
             self.patch.clear();
+            self.mutation = None;
         }
         self
     }

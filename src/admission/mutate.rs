@@ -7,8 +7,8 @@ use serde_json::Value;
 use super::kinds::{annotation, get, Kind};
 use super::patch::PatchBuilder;
 use super::{
-    AdmissionRequest, BootOnceMode, Cause, CauseReason, Context, Operation, Owner, Verdict,
-    BOOTONCE, BOOTONCE_ANNOTATION,
+    AdmissionRequest, BootOnceMode, Cause, CauseReason, Context, Mutation, Operation, Owner,
+    Verdict, BOOTONCE, BOOTONCE_ANNOTATION,
 };
 
 pub(super) fn mutate(
@@ -31,12 +31,16 @@ pub(super) fn mutate(
 fn stamp_vmi(vmi: &Value, ctx: Context<'_>, owner: &Owner) -> Verdict {
     let mut p = PatchBuilder::default();
     let mut verdict = Verdict::default();
+    let mut action = "stamped";
     match owner {
         Owner::Found(vm) if vm.is_bootonce(ctx.policy.bootonce) => {
             p.set(vmi, &["metadata", "annotations"], BOOTONCE_ANNOTATION, BOOTONCE.into());
             p.set_default(vmi, &["spec", "domain"], "rebootPolicy", "Terminate".into());
         }
-        Owner::Found(_) => p.remove(vmi, &["metadata", "annotations"], BOOTONCE_ANNOTATION),
+        Owner::Found(_) => {
+            action = "unstamped";
+            p.remove(vmi, &["metadata", "annotations"], BOOTONCE_ANNOTATION)
+        }
         Owner::None | Owner::Gone => {}
         Owner::Unavailable(why) => verdict.causes.push(Cause {
             reason: CauseReason::InternalError,
@@ -47,6 +51,10 @@ fn stamp_vmi(vmi: &Value, ctx: Context<'_>, owner: &Owner) -> Verdict {
         }),
     }
     verdict.patch = p.ops;
+    verdict.mutation = Some(Mutation {
+        action,
+        changes: p.changes,
+    });
     verdict
 }
 
@@ -113,6 +121,10 @@ fn compat_rewrite(kind: Kind, req: &AdmissionRequest, obj: &Value, ctx: Context<
     }
     Verdict {
         patch: p.ops,
+        mutation: Some(Mutation {
+            action: "compat-rewrite",
+            changes: p.changes,
+        }),
         ..Verdict::default()
     }
 }

@@ -9,12 +9,38 @@ use serde_json::{Map, Value};
 #[derive(Default)]
 pub struct PatchBuilder {
     pub ops: Vec<PatchOperation>,
+    /// Each operation in words (`field=value`, `field removed`), for the audit log.
+    pub changes: Vec<String>,
+}
+
+/// `spec.domain.rebootPolicy`, or `metadata.annotations[runstrategy.kubevirt.io]`
+/// for a key that is not a plain identifier.
+fn describe(path: &[&str], key: &str) -> String {
+    let parent = path.join(".");
+    match (parent.as_str(), key.contains(['.', '/'])) {
+        ("", false) => key.to_owned(),
+        (_, true) => format!("{parent}[{key}]"),
+        (_, false) => format!("{parent}.{key}"),
+    }
 }
 
 impl PatchBuilder {
     /// Ensures `obj[path..][key] == value`, adding missing parent objects in
     /// one `add` (the whole annotations map when it is missing).
     pub fn set(&mut self, obj: &Value, path: &[&str], key: &str, value: Value) {
+        let shown = match &value {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let before = self.ops.len();
+        self.set_inner(obj, path, key, value);
+        if self.ops.len() > before {
+            self.changes
+                .push(format!("{}={shown}", describe(path, key)));
+        }
+    }
+
+    fn set_inner(&mut self, obj: &Value, path: &[&str], key: &str, value: Value) {
         let mut cur = obj;
         for (i, seg) in path.iter().enumerate() {
             match cur.as_object().and_then(|m| m.get(*seg)) {
@@ -56,6 +82,8 @@ impl PatchBuilder {
             self.ops.push(PatchOperation::Remove(RemoveOperation {
                 path: PointerBuf::from_tokens(full),
             }));
+            self.changes
+                .push(format!("{} removed", describe(path, key)));
         }
     }
 

@@ -10,6 +10,8 @@
 //! kube-core serialises `patch` as an array of numbers, and the canonical
 //! (and human-readable in `check --output json`) form is a base64 string.
 
+use std::collections::BTreeMap;
+
 use base64::Engine as _;
 use kube::core::response::{StatusCause, StatusDetails, StatusSummary};
 use kube::core::Status;
@@ -336,6 +338,9 @@ pub struct AdmissionResponse {
     pub patch_type: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Recorded by the API server in its audit log as `<webhook>/<key>`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub audit_annotations: BTreeMap<String, String>,
 }
 
 impl AdmissionResponse {
@@ -384,6 +389,7 @@ pub fn response(uid: &str, verdict: &Verdict) -> AdmissionResponse {
         patch_type: patch.as_ref().map(|_| "JSONPatch".to_owned()),
         patch,
         warnings: verdict.warnings.clone(),
+        audit_annotations: verdict.audit_annotations(),
     }
 }
 

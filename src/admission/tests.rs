@@ -1137,3 +1137,65 @@ fn objects_that_are_not_json_objects_are_bad_requests() {
     assert!(review::decode(review(vmi.clone(), Value::Null).as_bytes()).is_ok());
     assert!(review::decode(review(vmi.clone(), vmi).as_bytes()).is_ok());
 }
+
+// ---- audit annotations ----
+
+#[test]
+fn audit_annotations_say_why_and_what() {
+    use std::collections::BTreeMap;
+    let enforce = policy(Mode::Enforce, BootOnceMode::Native);
+    let warn = policy(Mode::Warn, BootOnceMode::Native);
+    let compat = compat();
+    let bootonce_owner = owner(RunStrategy::BootOnce, false);
+    let plain_owner = owner(RunStrategy::Other, false);
+    let gate_off_vm = create(Kind::Vm, USER, vm(Some("BootOnce"), None));
+    let annotated_vmi = create(Kind::Vmi, USER, vmi(Some("Reboot"), Some("BootOnce"), true));
+    const BOOTONCE_GATE: &str = "spec.runStrategy: FieldValueInvalid";
+    type Row<'a> = (&'a str, Verdict, &'a [(&'a str, &'a str)]);
+    let rows: Vec<Row> = vec![
+        ("denial lists every cause as field: reason",
+            validate(&enforce, &create(Kind::Vm, USER, vm(Some("bootonce"), Some(json!("x")))), true, &Owner::None),
+            &[("denied", "spec.template.spec.domain.rebootPolicy: FieldValueNotSupported; spec.runStrategy: FieldValueNotSupported")]),
+        ("gate off", validate(&enforce, &gate_off_vm, false, &Owner::None), &[("denied", BOOTONCE_GATE)]),
+        ("warn mode keeps the would-be denial", validate(&warn, &gate_off_vm, false, &Owner::None), &[("would-deny", BOOTONCE_GATE)]),
+        ("allowed without change: nothing", validate(&enforce, &gate_off_vm, true, &Owner::None), &[]),
+        ("stamp with the defaulted rebootPolicy",
+            mutate(&enforce, &create(Kind::Vmi, CONTROLLER, vmi(None, None, true)), true, &bootonce_owner),
+            &[("stamped", "metadata.annotations[runstrategy.kubevirt.io]=BootOnce, spec.domain.rebootPolicy=Terminate")]),
+        ("stamp keeps an explicit rebootPolicy",
+            mutate(&enforce, &create(Kind::Vmi, CONTROLLER, vmi(Some("Terminate"), None, true)), true, &bootonce_owner),
+            &[("stamped", "metadata.annotations[runstrategy.kubevirt.io]=BootOnce")]),
+        ("already stamped (reinvocation): nothing",
+            mutate(&enforce, &create(Kind::Vmi, CONTROLLER, vmi(Some("Terminate"), Some("BootOnce"), true)), true, &bootonce_owner),
+            &[]),
+        ("forged annotation removed", mutate(&enforce, &annotated_vmi, true, &plain_owner),
+            &[("unstamped", "metadata.annotations[runstrategy.kubevirt.io] removed")]),
+        ("unreadable owner", mutate(&warn, &annotated_vmi, true, &Owner::Unavailable("timeout".into())),
+            &[("denied", "metadata.ownerReferences: InternalError")]),
+        ("compat rewrite",
+            mutate(&compat, &create(Kind::Vm, USER, vm(Some("BootOnce"), None)), true, &Owner::None),
+            &[("compat-rewrite", "spec.runStrategy=Once, metadata.annotations[runstrategy.kubevirt.io]=BootOnce, spec.template.metadata.annotations[runstrategy.kubevirt.io]=BootOnce, spec.template.spec.domain.rebootPolicy=Terminate")]),
+        ("compat: leaving BootOnce removes the annotations",
+            mutate(&compat, &request(Kind::Vm, Operation::Update, USER, {
+                let mut v = stored_compat_vm();
+                v["spec"]["runStrategy"] = json!("Always");
+                v
+            }, Some(stored_compat_vm())), true, &Owner::None),
+            &[("compat-rewrite", "metadata.annotations[runstrategy.kubevirt.io] removed, spec.template.metadata.annotations[runstrategy.kubevirt.io] removed")]),
+    ];
+    for (name, verdict, want) in rows {
+        let want: BTreeMap<String, String> = want
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let response = review::response("u", &verdict);
+        assert_eq!(response.audit_annotations, want, "{name}: {verdict:#?}");
+        // The API server requires qualified names (<= 63 characters) as keys.
+        for key in want.keys() {
+            assert!(
+                key.len() <= 63 && key.chars().all(|c| c.is_ascii_lowercase() || c == '-'),
+                "{name}: {key}"
+            );
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! External programs the chart and monitoring tests run: Helm (built by
+//! `make helm` from e2e/helm at its pinned version), kubectl and promtool.
+//!
+//! A missing program skips the test with a note locally, and fails it in CI
+//! (`CI=true`), where .ci/run installs all three.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// The program, or `None` (after a note) when it is missing outside CI.
+fn found(name: &str, path: Option<PathBuf>, how: &str) -> Option<PathBuf> {
+    if let Some(p) = path {
+        return Some(p);
+    }
+    if in_ci() {
+        panic!("{name} is needed in CI and was not found: {how}");
+    }
+    println!("note: {name} not found ({how}); skipping");
+    None
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// A version of a module that e2e/helm/go.mod requires.
+pub fn gomod_version(module: &str) -> String {
+    let path = repo().join("e2e/helm/go.mod");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines()
+        .map(|l| l.trim().trim_start_matches("require").trim())
+        .find_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some(module)).then(|| words.next().map(str::to_owned))?
+        })
+        .unwrap_or_else(|| panic!("{module} is not required in {}", path.display()))
+}
+
+/// `$HELM`, else where `make helm` puts the pinned release (the Makefile's
+/// HELM_CACHE: `$KRW_CACHE` or `${XDG_CACHE_HOME:-~/.cache}/kubevirt-reboot-webhook`,
+/// then `helm-<version>/helm`).
+pub fn helm() -> Option<PathBuf> {
+    let path = match std::env::var_os("HELM").filter(|v| !v.is_empty()) {
+        Some(p) => Some(PathBuf::from(p)),
+        None => {
+            let cache = std::env::var_os("KRW_CACHE")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+                .or_else(|| {
+                    std::env::var_os("XDG_CACHE_HOME")
+                        .filter(|v| !v.is_empty())
+                        .map(PathBuf::from)
+                        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))
+                        .map(|c| c.join("kubevirt-reboot-webhook"))
+                });
+            cache
+                .map(|c| {
+                    c.join(format!("helm-{}", gomod_version("helm.sh/helm/v3")))
+                        .join("helm")
+                })
+                .filter(|p| p.is_file())
+        }
+    };
+    found("helm", path, "run `make helm` or set HELM")
+}
+
+pub fn kubectl() -> Option<PathBuf> {
+    let path = std::env::var_os("KUBECTL")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| on_path("kubectl"));
+    found("kubectl", path, "put kubectl on PATH or set KUBECTL")
+}
+
+pub fn promtool() -> Option<PathBuf> {
+    let path = std::env::var_os("PROMTOOL")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| on_path("promtool"));
+    found(
+        "promtool",
+        path,
+        "apt-get install prometheus, or set PROMTOOL",
+    )
+}
+
+/// Runs a program; its stdout on success, else stdout and stderr as the error.
+pub fn run(program: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Ok(stdout)
+    } else {
+        Err(format!(
+            "{} {} failed ({}):\n{stdout}{}",
+            program.display(),
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// Runs a program that must succeed.
+pub fn ok(program: &Path, args: &[&str]) -> String {
+    run(program, args).unwrap_or_else(|e| panic!("{e}"))
+}
