@@ -23,6 +23,9 @@ if [ -z "${KRW_E2E_INSIDE:-}" ]; then
   done
   started=$SECONDS
   source "$E2E/build.sh"
+  log "building helm"
+  HELM=$(cd "$ROOT" && make -s --no-print-directory helm)
+  export HELM
   log "building the webhook (release)"
   (cd "$ROOT" && cargo build --locked --release --quiet --bin kubevirt-reboot-webhook)
   export WEBHOOK_BIN=$ROOT/target/release/kubevirt-reboot-webhook
@@ -40,6 +43,7 @@ WH_IP=198.18.0.2             # the webhook's address (its "pod IP")
 API=https://127.0.0.1:6443
 WH_METRICS=http://$WH_IP:8080/metrics
 passed=0
+ran=
 failed_scenario=
 
 on_exit() {
@@ -198,12 +202,18 @@ install_manifests() {   # install_manifests KUSTOMIZE_DIR
   "$KUBECTL" kustomize "$1" \
     | sed "s|caBundle: \"\"|caBundle: $(base64 -w0 <"$P/webhook-ca.crt")|" \
     | k apply -f - >/dev/null
+  write_endpoints kubevirt-reboot-webhook
+}
+
+# write_endpoints NAMESPACE: what the endpoints controller would write for the
+# webhook's Service there, pointing at this run's webhook process.
+write_endpoints() {
   k apply -f - >/dev/null <<EP
 apiVersion: v1
 kind: Endpoints
 metadata:
   name: kubevirt-reboot-webhook
-  namespace: kubevirt-reboot-webhook
+  namespace: $1
 subsets:
 - addresses: [{ip: $WH_IP}]
   ports: [{name: https, port: 8443}, {name: metrics, port: 8080}]
@@ -212,7 +222,7 @@ apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata:
   name: kubevirt-reboot-webhook-e2e
-  namespace: kubevirt-reboot-webhook
+  namespace: $1
   labels: {kubernetes.io/service-name: kubevirt-reboot-webhook}
 addressType: IPv4
 endpoints:
@@ -227,7 +237,7 @@ EP
 # The container's args from the installed Deployment, with the Secret
 # volume's path replaced by ours.
 deployment_args() {
-  k -n kubevirt-reboot-webhook get deployment kubevirt-reboot-webhook \
+  k -n "${WH_NAMESPACE:-kubevirt-reboot-webhook}" get deployment kubevirt-reboot-webhook \
     -o jsonpath='{range .spec.template.spec.containers[0].args[*]}{@}{"\n"}{end}' \
     | sed "s|/etc/webhook/tls/|$W/webhook-tls/|"
 }
@@ -267,6 +277,7 @@ scenario() {   # scenario NAME: runs scenario_NAME unless E2E_SCENARIOS excludes
   local t=$SECONDS
   log "scenario $name"
   "scenario_$name"
+  ran="$ran $name"
   passed=$((passed + 1))
   log "scenario $name passed ($((SECONDS - t)) s)"
   failed_scenario=
@@ -274,7 +285,8 @@ scenario() {   # scenario NAME: runs scenario_NAME unless E2E_SCENARIOS excludes
 
 source "$E2E/scenarios.sh"
 
-for s in watches dryrun stamp reinvocation gate ratchet compat failure_policy blast_radius rotation mtls latency; do
+# helm last: it replaces the kustomize install; audit reads what all wrote.
+for s in watches dryrun stamp reinvocation gate ratchet compat failure_policy blast_radius rotation mtls latency helm audit; do
   scenario "$s"
 done
 echo "e2e: $passed passed, 0 failed"

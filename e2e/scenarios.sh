@@ -496,3 +496,115 @@ scenario_blast_radius() {
   k -n blast patch vm feature-terminate --type=json -p '[{"op":"remove","path":"/spec/template/spec/domain/rebootPolicy"}]' >/dev/null; n=$((n + 1))
   expect_eq "$(metric "$WH_METRICS" "${M}_requests_total{endpoint=\"validate\"")" "$((v0 + n))" "calls to /validate for $n feature writes"
 }
+
+# ---------------------------------------------------------------------------
+# The Helm chart on the real API server: install into a fresh namespace
+# (refused while no CA is known), the core scenarios, upgrade with a changed
+# value, uninstall leaving no webhook configuration behind.
+scenario_helm() {
+  local h=("$HELM" --kubeconfig "$W/admin.kubeconfig") NS=krw-helm chart=$ROOT/charts/kubevirt-reboot-webhook out
+  gate_spec "{\"featureGates\":[\"$GATE\"]}"
+  k delete mutatingwebhookconfiguration,validatingwebhookconfiguration -l app.kubernetes.io/name=kubevirt-reboot-webhook >/dev/null
+  "$KUBECTL" kustomize "$ROOT/manifests" | k delete --ignore-not-found --wait=false -f - >/dev/null
+  stop webhook
+  k create namespace "$NS" >/dev/null
+  local svc=kubevirt-reboot-webhook.$NS.svc
+  pki_cert "$P" helm-serving webhook-ca "/CN=$svc" "DNS:$svc,DNS:$svc.cluster.local" serverAuth
+  cp "$P/helm-serving.crt" "$W/webhook-tls/tls.crt"; cp "$P/helm-serving.key" "$W/webhook-tls/tls.key"
+  k -n "$NS" create secret generic kubevirt-reboot-webhook-tls \
+    --from-file=tls.crt="$P/helm-serving.crt" --from-file=tls.key="$P/helm-serving.key" >/dev/null
+  if out=$("${h[@]}" install kubevirt-reboot-webhook "$chart" -n "$NS" 2>&1); then
+    die "helm install without any CA succeeded: $out"
+  fi
+  expect_contains "$out" "certificate.source=secret needs the CA" "helm install without a CA"
+  expect_eq "$(k get mutatingwebhookconfiguration,validatingwebhookconfiguration -l app.kubernetes.io/name=kubevirt-reboot-webhook -o name)" "" \
+    "webhook configurations after the refused install"
+  k -n "$NS" create secret generic kubevirt-reboot-webhook-tls --dry-run=client -o yaml \
+    --from-file=tls.crt="$P/helm-serving.crt" --from-file=tls.key="$P/helm-serving.key" --from-file=ca.crt="$P/webhook-ca.crt" \
+    | k apply -f - >/dev/null 2>&1
+  out=$("${h[@]}" install kubevirt-reboot-webhook "$chart" -n "$NS" 2>&1) || die "helm install: $out"
+  expect_eq "$("${h[@]}" status kubevirt-reboot-webhook -n "$NS" -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["info"]["status"])')" \
+    deployed "helm status"
+  local ca; ca=$(base64 -w0 <"$P/webhook-ca.crt")
+  expect_eq "$(k get mutatingwebhookconfiguration kubevirt-reboot-webhook -o jsonpath='{.webhooks[0].clientConfig.caBundle}')" "$ca" "mutating caBundle"
+  expect_eq "$(k get validatingwebhookconfiguration kubevirt-reboot-webhook -o jsonpath='{.webhooks[0].clientConfig.caBundle}')" "$ca" "validating caBundle"
+  expect_eq "$(k get validatingwebhookconfiguration kubevirt-reboot-webhook -o jsonpath='{.webhooks[0].namespaceSelector.matchExpressions[0].values}')" \
+    '["kube-system","krw-helm"]' "namespaceSelector"
+  write_endpoints "$NS"
+  local token; token=$(k -n "$NS" create token kubevirt-reboot-webhook --duration=1h)
+  kubeconfig "$W/webhook.kubeconfig" "https://$CP_IP:6443" "$P/ca.crt" token "$token"
+  WH_NAMESPACE=$NS start_webhook
+  expect_gate on >/dev/null
+  # The core scenarios through the chart's install.
+  if out=$(k apply --dry-run=server -f "$ROOT/examples/invalid/lowercase-reboot-policy.yaml" 2>&1); then die "invalid VM admitted"; fi
+  expect_eq "$out" "$(cat "$E2E/expected/dryrun/lowercase-reboot-policy.txt")" "dry-run denial through the chart"
+  k get vm -n e2e helm-bootonce >/dev/null 2>&1 || vm e2e helm-bootonce BootOnce | k create -f - >/dev/null
+  vmi e2e helm-bootonce helm-bootonce | k create --as="$CONTROLLER" -f - >/dev/null
+  expect_eq "$(stored_vmi e2e helm-bootonce)" "BootOnce|Terminate" "VMI stamped through the chart"
+  # Upgrade with a changed value: warn mode.
+  out=$("${h[@]}" upgrade kubevirt-reboot-webhook "$chart" -n "$NS" --reuse-values --set mode=warn 2>&1) || die "helm upgrade: $out"
+  expect_eq "$("${h[@]}" status kubevirt-reboot-webhook -n "$NS" -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])')" 2 "revision after the upgrade"
+  expect_contains "$(deployment_args_in "$NS")" "--mode=warn" "Deployment args after the upgrade"
+  stop webhook
+  WH_NAMESPACE=$NS start_webhook
+  out=$(k apply --dry-run=server -f "$ROOT/examples/invalid/lowercase-reboot-policy.yaml" 2>&1) || die "warn mode still denies: $out"
+  expect_contains "$out" "Warning: " "warn mode's warning"
+  expect_contains "$out" 'Unsupported value: "terminate"' "warn mode's warning text"
+  # Uninstall: nothing of the webhook's cluster-wide objects is left.
+  out=$("${h[@]}" uninstall kubevirt-reboot-webhook -n "$NS" 2>&1) || die "helm uninstall: $out"
+  expect_eq "$(k get mutatingwebhookconfiguration,validatingwebhookconfiguration,clusterrole,clusterrolebinding -l app.kubernetes.io/name=kubevirt-reboot-webhook -o name)" "" \
+    "cluster-wide objects after helm uninstall"
+  stop webhook
+  rebootpolicy_allowed || die "a VM with rebootPolicy is still judged after the uninstall (gate is on, nothing should deny)"
+  vm e2e helm-after Always Terminate | k create --dry-run=server -f - >/dev/null || die "a VM write after the uninstall failed"
+}
+
+deployment_args_in() { WH_NAMESPACE=$1 deployment_args | tr '\n' ' '; }
+
+# ---------------------------------------------------------------------------
+# Audit annotations: the API server's audit log says why (denials, stamps,
+# compat rewrites, warn-mode would-be denials); plain writes carry none.
+scenario_audit() {
+  local audit=$W/audit.log
+  # A plain write of our own (after the helm scenario no webhook is installed:
+  # either way it must carry no annotation of ours).
+  gate_spec "{\"featureGates\":[\"$GATE\"]}"
+  vm e2e audit-plain Always | k create -f - >/dev/null
+  wait_until 10 "audit events flushed" grep -q '"audit-plain"' "$audit"
+  python3 - "$audit" "$ran" <<'PY'
+import json, sys
+events = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+ran = sys.argv[2].split()
+def ours(e):
+    return {k: v for k, v in (e.get("annotations") or {}).items() if ".reboot.kubevirt.io/" in k}
+def find(resource, key, prefix="", code=None):
+    for e in events:
+        o = e.get("objectRef") or {}
+        a = ours(e)
+        if o.get("resource") == resource and e.get("verb") == "create" and key in a and a[key].startswith(prefix) \
+                and (code is None or (e.get("responseStatus") or {}).get("code") == code):
+            return a[key]
+    sys.exit(f"audit log: no {resource} create with {key} starting {prefix!r} (code {code})")
+checks = []
+if "dryrun" in ran:
+    checks.append(("virtualmachines", "validate.reboot.kubevirt.io/denied", "spec.template.spec.domain.rebootPolicy: FieldValueNotSupported", 422))
+if "stamp" in ran:
+    checks.append(("virtualmachineinstances", "mutate.reboot.kubevirt.io/stamped", "metadata.annotations[runstrategy.kubevirt.io]=BootOnce", None))
+if "compat" in ran:
+    checks.append(("virtualmachines", "mutate.reboot.kubevirt.io/compat-rewrite", "", None))
+if "helm" in ran:
+    checks.append(("virtualmachines", "validate.reboot.kubevirt.io/would-deny", "", None))
+for c in checks:
+    value = find(*c)
+    print(f"  audit: {c[1]} = {value}")
+    if c[1].endswith("compat-rewrite") and "spec.runStrategy=Once" not in value:
+        sys.exit(f"compat-rewrite annotation lacks spec.runStrategy=Once: {value}")
+plain = [e for e in events if (e.get("objectRef") or {}).get("name") == "audit-plain" and e.get("verb") == "create"]
+if not plain:
+    sys.exit("audit log: the plain VM create is missing")
+for e in plain:
+    if ours(e):
+        sys.exit(f"audit log: a plain VM create carries webhook annotations: {ours(e)}")
+print(f"  audit: {len(checks)} kinds of annotated events found; the plain VM create carries none")
+PY
+}
