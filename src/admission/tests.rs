@@ -598,6 +598,11 @@ type MutationRow = (
     usize,
 );
 
+fn with_null_reboot_policy(mut vmi: Value) -> Value {
+    vmi["spec"]["domain"]["rebootPolicy"] = Value::Null;
+    vmi
+}
+
 #[test]
 fn mutation_of_vmi_create() {
     let p = policy(Mode::Enforce, BootOnceMode::Native);
@@ -621,6 +626,8 @@ fn mutation_of_vmi_create() {
             Some(json!({BOOTONCE_ANNOTATION: "BootOnce"})), None, 0),
         ("no owner: nothing", vmi(None, None, false), Owner::None, None, None, 0),
         ("compat owner ignored in native mode", vmi(None, None, true), owner(RunStrategy::Once, true), None, None, 0),
+        ("rebootPolicy null is present, so not filled", with_null_reboot_policy(vmi(None, None, true)), owner(RunStrategy::BootOnce, false),
+            Some(json!({BOOTONCE_ANNOTATION: "BootOnce"})), Some(Value::Null), 1),
     ];
     for (name, obj, own, want_ann, want_rp, ops) in rows {
         let req = create(Kind::Vmi, CONTROLLER, obj.clone());
@@ -655,7 +662,11 @@ fn mutation_of_vmi_create() {
         // The stamped VMI passes validation (by the controller that creates it, and by a user when owner is BootOnce).
         let check = create(Kind::Vmi, USER, after);
         if matches!(own, Owner::Found(ref vm) if vm.is_bootonce(BootOnceMode::Native))
-            && name != "BootOnce owner keeps Reboot (validation denies it)"
+            && !matches!(
+                name,
+                "BootOnce owner keeps Reboot (validation denies it)"
+                    | "rebootPolicy null is present, so not filled"
+            )
         {
             assert!(validate(&p, &check, true, &own).allowed(), "{name}");
         }
