@@ -328,45 +328,28 @@ async fn mutual_tls_with_client_name_allow_list() {
         "kube-apiserver".into(),
     ]);
     let server = TestServer::start(&strs(&flags)).await;
-    let body = review().to_string();
-    let post = |identity: Option<(String, String)>| {
-        let mut b = reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(
-                reqwest::Certificate::from_pem(server.certs.ca_pem.as_bytes()).unwrap(),
-            );
-        if let Some((cert, key)) = identity {
-            b = b.identity(reqwest::Identity::from_pem(format!("{cert}{key}").as_bytes()).unwrap());
-        }
-        let client = b.build().unwrap();
-        let url = server.url("/validate");
-        let body = body.clone();
-        async move {
-            client
-                .post(url)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-        }
-    };
-    assert!(
-        post(None).await.is_err(),
-        "no client certificate: refused at the handshake"
-    );
-    assert!(
-        post(Some(other_ca.leaf("kube-apiserver"))).await.is_err(),
-        "certificate from another CA: refused"
-    );
-    assert!(
-        post(Some(client_ca.leaf("someone-else"))).await.is_err(),
-        "name not on the allow-list: refused"
+    let ca = server.certs.ca_pem.clone();
+    // Each refusal is the TLS handshake failing with the alert that says why,
+    // not any later error; the allowed client gets its HTTP answer.
+    use rustls::AlertDescription::{AccessDenied, CertificateRequired, UnknownCA};
+    assert_eq!(
+        mtls_post(server.addr, &ca, None).await,
+        Err(CertificateRequired),
+        "no client certificate"
     );
     assert_eq!(
-        post(Some(client_ca.leaf("kube-apiserver"))).await.unwrap(),
-        200,
+        mtls_post(server.addr, &ca, Some(other_ca.leaf("kube-apiserver"))).await,
+        Err(UnknownCA),
+        "certificate from another CA"
+    );
+    assert_eq!(
+        mtls_post(server.addr, &ca, Some(client_ca.leaf("someone-else"))).await,
+        Err(AccessDenied),
+        "name not on the allow-list"
+    );
+    assert_eq!(
+        mtls_post(server.addr, &ca, Some(client_ca.leaf("kube-apiserver"))).await,
+        Ok(200),
         "allowed client name"
     );
     server.stop().await;
@@ -397,6 +380,65 @@ async fn mutual_tls_with_client_name_allow_list() {
         .status();
     assert_eq!(status, 200);
     server.stop().await;
+}
+
+/// Posts the review over a TLS connection presenting `identity` (certificate
+/// and key PEM) as client certificate; the HTTP status, or the TLS alert the
+/// server refused the handshake with. Panics on any other failure.
+async fn mtls_post(
+    addr: std::net::SocketAddr,
+    server_ca: &str,
+    identity: Option<(String, String)>,
+) -> Result<u16, rustls::AlertDescription> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(server_ca.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let mut config = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let alert = |e: std::io::Error| -> rustls::AlertDescription {
+        match e.get_ref().and_then(|r| r.downcast_ref::<rustls::Error>()) {
+            Some(rustls::Error::AlertReceived(a)) => *a,
+            _ => panic!("not a TLS handshake refusal: {e:?}"),
+        }
+    };
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    // With TLS 1.3 the client's side of the handshake ends before the server
+    // has judged its certificate: the alert arrives on the first read.
+    let mut s = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .map_err(alert)?;
+    let body = review().to_string();
+    let req = format!(
+        "POST /validate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    // A refused client may see the alert already on the write.
+    s.write_all(req.as_bytes()).await.map_err(alert)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.map_err(alert)?;
+    let text = String::from_utf8_lossy(&out);
+    Ok(text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP answer: {text:?}")))
 }
 
 /// A raw TLS HTTP/1.1 connection to send requests slowly.
