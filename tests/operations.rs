@@ -11,9 +11,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{json, Value};
+use support::TestCa as Ca;
 use support::{fixtures, metric, read_json, serve_command, wait_until, Certs, Spawned, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -33,43 +33,6 @@ fn standalone_flags() -> Vec<String> {
 
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
-}
-
-/// A CA and a way to issue leaves (and intermediates) from it.
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name.push(DnType::CommonName, name);
-        Ca {
-            issuer: CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap(),
-        }
-    }
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-    fn intermediate(&self, name: &str) -> Ca {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name.push(DnType::CommonName, name);
-        Ca {
-            issuer: CertifiedIssuer::signed_by(p, KeyPair::generate().unwrap(), &self.issuer)
-                .unwrap(),
-        }
-    }
-    /// (certificate PEM, key PEM) for `cn` with SANs localhost/127.0.0.1.
-    fn leaf(&self, cn: &str) -> (String, String) {
-        let mut p =
-            CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()]).unwrap();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        let key = KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
 }
 
 /// The DER of the leaf certificate the server presents to a new connection.
@@ -382,63 +345,20 @@ async fn mutual_tls_with_client_name_allow_list() {
     server.stop().await;
 }
 
-/// Posts the review over a TLS connection presenting `identity` (certificate
-/// and key PEM) as client certificate; the HTTP status, or the TLS alert the
-/// server refused the handshake with. Panics on any other failure.
+/// Posts the review presenting `identity` as client certificate.
 async fn mtls_post(
     addr: std::net::SocketAddr,
     server_ca: &str,
     identity: Option<(String, String)>,
 ) -> Result<u16, rustls::AlertDescription> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(server_ca.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots);
-    let mut config = match identity {
-        Some((cert, key)) => builder
-            .with_client_auth_cert(
-                vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
-                rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-            )
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let alert = |e: std::io::Error| -> rustls::AlertDescription {
-        match e.get_ref().and_then(|r| r.downcast_ref::<rustls::Error>()) {
-            Some(rustls::Error::AlertReceived(a)) => *a,
-            _ => panic!("not a TLS handshake refusal: {e:?}"),
-        }
-    };
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    // With TLS 1.3 the client's side of the handshake ends before the server
-    // has judged its certificate: the alert arrives on the first read.
-    let mut s = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .map_err(alert)?;
-    let body = review().to_string();
-    let req = format!(
-        "POST /validate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    // A refused client may see the alert already on the write.
-    s.write_all(req.as_bytes()).await.map_err(alert)?;
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.map_err(alert)?;
-    let text = String::from_utf8_lossy(&out);
-    Ok(text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP answer: {text:?}")))
+    support::tls_post(
+        addr,
+        server_ca,
+        identity,
+        "/validate",
+        &review().to_string(),
+    )
+    .await
 }
 
 /// A raw TLS HTTP/1.1 connection to send requests slowly.
@@ -455,24 +375,7 @@ async fn raw_tls_alpn(
     ca_pem: &str,
     alpn: &[u8],
 ) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::pem::PemObject::pem_slice_iter(ca_pem.as_bytes()) {
-        let c: CertificateDer<'static> = c.unwrap();
-        roots.add(c).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![alpn.to_vec()];
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap()
+    support::raw_tls(addr, ca_pem, alpn).await
 }
 
 /// Sends headers and half the body, waits for `release`, sends the rest;

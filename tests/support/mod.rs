@@ -298,6 +298,143 @@ where
     }
 }
 
+/// POSTs `body` to `path` over a new TLS connection (HTTP/1.1) presenting
+/// `identity` (certificate and key PEM) as client certificate; the HTTP status, or the TLS alert the
+/// server refused the handshake with. Panics on any other failure.
+pub async fn tls_post(
+    addr: SocketAddr,
+    server_ca: &str,
+    identity: Option<(String, String)>,
+    path: &str,
+    body: &str,
+) -> Result<u16, rustls::AlertDescription> {
+    use rustls::pki_types::pem::PemObject;
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(server_ca.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let mut config = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let alert = |e: std::io::Error| -> rustls::AlertDescription {
+        match e.get_ref().and_then(|r| r.downcast_ref::<rustls::Error>()) {
+            Some(rustls::Error::AlertReceived(a)) => *a,
+            _ => panic!("not a TLS handshake refusal: {e:?}"),
+        }
+    };
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // With TLS 1.3 the client's side of the handshake ends before the server
+    // has judged its certificate: the alert arrives on the first read.
+    let mut s = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .map_err(alert)?;
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    // A refused client may see the alert already on the write.
+    s.write_all(req.as_bytes()).await.map_err(alert)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.map_err(alert)?;
+    let text = String::from_utf8_lossy(&out);
+    Ok(text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP answer: {text:?}")))
+}
+
+/// A CA and a way to issue leaves (and intermediates) from it.
+pub struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        TestCa {
+            issuer: rcgen::CertifiedIssuer::self_signed(p, rcgen::KeyPair::generate().unwrap())
+                .unwrap(),
+        }
+    }
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+    pub fn intermediate(&self, name: &str) -> TestCa {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        TestCa {
+            issuer: rcgen::CertifiedIssuer::signed_by(
+                p,
+                rcgen::KeyPair::generate().unwrap(),
+                &self.issuer,
+            )
+            .unwrap(),
+        }
+    }
+    /// (certificate PEM, key PEM) for `cn` with SANs localhost/127.0.0.1.
+    pub fn leaf(&self, cn: &str) -> (String, String) {
+        let mut p =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// A raw TLS connection offering only `alpn`.
+pub async fn raw_tls(
+    addr: SocketAddr,
+    ca_pem: &str,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::pem::PemObject::pem_slice_iter(ca_pem.as_bytes()) {
+        let c: rustls::pki_types::CertificateDer<'static> = c.unwrap();
+        roots.add(c).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap()
+}
+
 /// An HTTPS client trusting `ca_pem`; `http1` forces HTTP/1.1, else ALPN picks h2.
 pub fn client(ca_pem: &str, http1: bool) -> reqwest::Client {
     let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).expect("ca pem");
