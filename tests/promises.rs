@@ -660,3 +660,172 @@ async fn client_ca_is_reloaded() {
         Err(rustls::AlertDescription::UnknownCA)
     );
 }
+
+const ERROR_CLASSES: [&str; 8] = [
+    "bad_request",
+    "payload_too_large",
+    "unsupported_media_type",
+    "deadline_exceeded",
+    "overloaded",
+    "owner_unavailable",
+    "tls_handshake",
+    "certificate_reload",
+];
+
+/// `errors_total{class}` for every class the README lists, in that order.
+async fn error_counts(server: &Spawned) -> Vec<f64> {
+    let mut out = Vec::new();
+    for class in ERROR_CLASSES {
+        let series = format!("kubevirt_reboot_webhook_errors_total{{class=\"{class}\"}}");
+        out.push(metric(server.metrics_addr, &series).await);
+    }
+    out
+}
+
+/// Every `errors_total` class the README lists is counted, once, by the
+/// failure it names, and by nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_class_counts_its_failure() {
+    let fake = FakeApi::start().await;
+    fake.apply(
+        Res::KubeVirt,
+        kubevirt_cr("kubevirt", &["RecreateVMIOnReboot"], &[], None),
+    );
+    let kubeconfig = fake.kubeconfig();
+    let certs = Certs::new();
+    let kc = kubeconfig.path().display().to_string();
+    let server = spawn(
+        &certs,
+        &[
+            "--kubeconfig",
+            &kc,
+            "--max-concurrent-requests",
+            "1",
+            "--cert-reload-interval",
+            "200ms",
+        ],
+        &[],
+    );
+    let url = server.metrics_url("/readyz");
+    wait_until("ready", Duration::from_secs(30), || async {
+        reqwest_status(&url).await.0 == 200
+    })
+    .await;
+    let mut want = vec![0.0; ERROR_CLASSES.len()];
+    assert_eq!(error_counts(&server).await, want, "{ERROR_CLASSES:?}");
+    let bump = |want: &mut Vec<f64>, class: &str| {
+        let i = ERROR_CLASSES.iter().position(|c| *c == class).unwrap();
+        want[i] += 1.0;
+    };
+    let good =
+        read_json(&fixtures().join("gate-on/01-vm-bootonce-create.validate.json")).to_string();
+    let raw = |head: String, body: &'static [u8]| {
+        let (addr, ca) = (server.addr, certs.ca_pem.clone());
+        async move {
+            let mut s = support::raw_tls(addr, &ca, b"http/1.1").await;
+            s.write_all(head.as_bytes()).await.unwrap();
+            s.write_all(body).await.unwrap();
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out).await;
+            String::from_utf8_lossy(&out).into_owned()
+        }
+    };
+    let head = |query: &str, ct: &str, len: usize| {
+        format!("POST /validate{query} HTTP/1.1\r\nHost: localhost\r\nContent-Type: {ct}\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n")
+    };
+
+    let answer = raw(head("", "application/json", 2), b"{]").await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    bump(&mut want, "bad_request");
+    assert_eq!(error_counts(&server).await, want, "bad_request");
+
+    let answer = raw(head("", "text/plain", 2), b"{}").await;
+    assert!(answer.starts_with("HTTP/1.1 415"), "{answer}");
+    bump(&mut want, "unsupported_media_type");
+    assert_eq!(error_counts(&server).await, want, "unsupported_media_type");
+
+    let answer = raw(head("", "application/json", 8 << 20), b"{").await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    bump(&mut want, "payload_too_large");
+    assert_eq!(error_counts(&server).await, want, "payload_too_large");
+
+    // Half a body, then silence past the API server's 2 s.
+    let answer = raw(head("?timeout=2s", "application/json", 100), b"{").await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    bump(&mut want, "deadline_exceeded");
+    assert_eq!(error_counts(&server).await, want, "deadline_exceeded");
+
+    // One review holds the only slot; the next one is turned away.
+    let mut held = support::raw_tls(server.addr, &certs.ca_pem, b"http/1.1").await;
+    held.write_all(head("?timeout=30s", "application/json", good.len()).as_bytes())
+        .await
+        .unwrap();
+    held.write_all(&good.as_bytes()[..10]).await.unwrap();
+    held.flush().await.unwrap();
+    let in_flight = "kubevirt_reboot_webhook_requests_in_flight";
+    wait_until(
+        "the held review admitted",
+        Duration::from_secs(10),
+        || async { metric(server.metrics_addr, in_flight).await == 1.0 },
+    )
+    .await;
+    let answer = raw(head("?timeout=2s", "application/json", 2), b"{}").await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    bump(&mut want, "overloaded");
+    assert_eq!(error_counts(&server).await, want, "overloaded");
+    held.write_all(&good.as_bytes()[10..]).await.unwrap();
+    let mut out = Vec::new();
+    let _ = held.read_to_end(&mut out).await;
+    assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));
+
+    fake.set_down(Down::Refuse);
+    let controller = "system:serviceaccount:kubevirt:kubevirt-controller";
+    let (_, got) = post(
+        &certs,
+        &server.url("/mutate?timeout=5s"),
+        &vmi_create("tenant-a", "missing", &uid(2), controller, &[]),
+    )
+    .await;
+    assert_eq!(got["response"]["allowed"], false, "{got}");
+    bump(&mut want, "owner_unavailable");
+    assert_eq!(error_counts(&server).await, want, "owner_unavailable");
+    fake.set_down(Down::Up);
+
+    // Not TLS at all.
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut out)).await;
+    bump(&mut want, "tls_handshake");
+    wait_until("tls_handshake counted", Duration::from_secs(10), || async {
+        error_counts(&server).await == want
+    })
+    .await;
+
+    // A certificate file that no longer parses: refused (and counted), the
+    // old certificate kept.
+    std::fs::write(certs.cert(), "not a certificate").unwrap();
+    let i = ERROR_CLASSES
+        .iter()
+        .position(|c| *c == "certificate_reload")
+        .unwrap();
+    wait_until(
+        "certificate_reload counted",
+        Duration::from_secs(10),
+        || async { error_counts(&server).await[i] >= 1.0 },
+    )
+    .await;
+    let mut got = error_counts(&server).await;
+    got[i] = got[i].min(1.0);
+    bump(&mut want, "certificate_reload");
+    assert_eq!(got, want, "certificate_reload");
+    let (status, _) = post(
+        &certs,
+        &server.url("/validate"),
+        &read_json(&fixtures().join("gate-on/01-vm-bootonce-create.validate.json")),
+    )
+    .await;
+    assert_eq!(status, 200, "served with the old certificate");
+}
