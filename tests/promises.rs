@@ -829,3 +829,88 @@ async fn every_error_class_counts_its_failure() {
     .await;
     assert_eq!(status, 200, "served with the old certificate");
 }
+
+/// `--watch-namespace`: only those namespaces are listed and watched, and
+/// cached; an owner elsewhere is read from the API once per lookup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_namespace_caches_only_those_namespaces() {
+    let fake = FakeApi::start().await;
+    fake.apply(
+        Res::KubeVirt,
+        kubevirt_cr("kubevirt", &["RecreateVMIOnReboot"], &[], None),
+    );
+    for (i, ns) in [(1, "tenant-a"), (2, "tenant-b"), (3, "tenant-c")] {
+        fake.apply(Res::Vm, realistic_vm(ns, "vm", &uid(i), "BootOnce"));
+    }
+    let kubeconfig = fake.kubeconfig();
+    let certs = Certs::new();
+    let kc = kubeconfig.path().display().to_string();
+    let server = spawn(
+        &certs,
+        &[
+            "--kubeconfig",
+            &kc,
+            "--watch-namespace",
+            "tenant-a",
+            "--watch-namespace",
+            "tenant-c",
+        ],
+        &[],
+    );
+    let url = server.metrics_url("/readyz");
+    wait_until("ready", Duration::from_secs(30), || async {
+        reqwest_status(&url).await.0 == 200
+    })
+    .await;
+    assert_eq!(
+        metric(
+            server.metrics_addr,
+            "kubevirt_reboot_webhook_vm_cache_objects"
+        )
+        .await,
+        2.0,
+        "tenant-a and tenant-c"
+    );
+    let seen: Vec<String> = fake
+        .requests()
+        .into_iter()
+        .filter(|s| s.res == Some(Res::Vm))
+        .map(|s| s.path)
+        .collect();
+    for ns in ["tenant-a", "tenant-c"] {
+        let path = format!("/apis/kubevirt.io/v1/namespaces/{ns}/virtualmachines");
+        assert!(seen.contains(&path), "{ns} is listed: {seen:?}");
+    }
+    assert!(
+        seen.iter()
+            .all(|p| p.contains("/namespaces/tenant-a/") || p.contains("/namespaces/tenant-c/")),
+        "only the watched namespaces are read: {seen:?}"
+    );
+
+    let controller = "system:serviceaccount:kubevirt:kubevirt-controller";
+    let stamped = |got: &Value| got["response"]["patch"].is_string();
+    let gets = |fake: &FakeApi| {
+        fake.requests()
+            .iter()
+            .filter(|s| s.path.ends_with("/virtualmachines/vm"))
+            .count()
+    };
+    // From the cache: no request.
+    let (_, got) = post(
+        &certs,
+        &server.url("/mutate"),
+        &vmi_create("tenant-c", "vm", &uid(3), controller, &[]),
+    )
+    .await;
+    assert!(stamped(&got), "{got}");
+    assert_eq!(gets(&fake), 0);
+    // Outside the watched namespaces: read from the API.
+    let (_, got) = post(
+        &certs,
+        &server.url("/mutate"),
+        &vmi_create("tenant-b", "vm", &uid(2), controller, &[]),
+    )
+    .await;
+    assert!(stamped(&got), "{got}");
+    assert_eq!(gets(&fake), 1);
+}
