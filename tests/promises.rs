@@ -81,8 +81,9 @@ fn fixture_cases(dir: &str) -> Vec<(String, &'static str, Value, Value)> {
 
 /// `--mode warn`: every policy denial of the enforce-mode fixtures becomes an
 /// allowed answer whose warnings are the enforce warnings followed by one
-/// "would be denied (warn mode): FIELD: MESSAGE" per cause; everything else
-/// is answered exactly as in enforce mode.
+/// "would be denied (warn mode): FIELD: MESSAGE" per cause, and whose audit
+/// annotation `denied` becomes `would-deny`; everything else is answered
+/// exactly as in enforce mode.
 #[tokio::test]
 async fn warn_mode_turns_every_policy_denial_into_warnings() {
     let certs = Certs::new();
@@ -121,6 +122,10 @@ async fn warn_mode_turns_every_policy_denial_into_warnings() {
                     )));
                 }
                 want["response"] = json!({"uid": r["uid"], "allowed": true, "warnings": warnings});
+                // The audit log still says what would have been denied.
+                if let Some(denied) = r.get("auditAnnotations").and_then(|a| a.get("denied")) {
+                    want["response"]["auditAnnotations"] = json!({ "would-deny": denied });
+                }
             }
             assert_eq!(got, want, "{name}");
         }

@@ -50,6 +50,15 @@ fn stamp_patch() -> Value {
     ])
 }
 
+/// The answer to a BootOnce owner's VMI: the patch, and the audit
+/// annotation that records what it changed.
+fn stamped() -> Value {
+    json!({
+        "allowed": true, "patchType": "JSONPatch", "patch": stamp_patch(),
+        "auditAnnotations": {"stamped": "metadata.annotations[runstrategy.kubevirt.io]=BootOnce, spec.domain.rebootPolicy=Terminate"}
+    })
+}
+
 /// The four benchmark payloads: ~6 KB VMI CREATE of a BootOnce VM
 /// (`/mutate`), a VM CREATE (`/validate`), the same VM with an invalid
 /// `rebootPolicy` that must be denied (`/validate`), ~500 KB VMI CREATE
@@ -69,7 +78,7 @@ pub fn all() -> Vec<Payload> {
                 controller_user(),
                 vmi_sized(VMI_SMALL),
             )),
-            expected: json!({"allowed": true, "patchType": "JSONPatch", "patch": stamp_patch()}),
+            expected: stamped(),
         },
         Payload {
             name: "vm",
@@ -93,7 +102,9 @@ pub fn all() -> Vec<Payload> {
                 human_user(),
                 vm_denied(),
             )),
-            expected: json!({"allowed": false, "status": {
+            expected: json!({"allowed": false,
+                "auditAnnotations": {"denied": format!("{field}: FieldValueNotSupported")},
+                "status": {
                 "code": 422, "reason": "Invalid", "status": "Failure",
                 "message": format!("{field}: {unsupported}"),
                 "details": {"causes": [
@@ -111,7 +122,7 @@ pub fn all() -> Vec<Payload> {
                 controller_user(),
                 vmi_sized(VMI_LARGE),
             )),
-            expected: json!({"allowed": true, "patchType": "JSONPatch", "patch": stamp_patch()}),
+            expected: stamped(),
         },
     ]
 }
