@@ -95,7 +95,8 @@ pub struct DecisionArgs {
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// HTTPS address for POST /validate and /mutate.
+    /// HTTPS address for POST /validate and /mutate. Port 0 picks a free
+    /// port; the bound addresses are printed on stdout once listening.
     #[arg(long, env = "REBOOT_WEBHOOK_LISTEN", default_value = "0.0.0.0:8443")]
     pub listen: SocketAddr,
     /// Serving certificate chain (PEM); re-read when it changes.

@@ -28,6 +28,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async {
         let started = start(args, shutdown_signal()).await?;
+        // One line on stdout with the addresses actually bound, so that a
+        // port 0 in --listen/--metrics-listen can be found by whoever started us.
+        println!(
+            "listening admission=https://{} metrics=http://{}",
+            started.addr, started.metrics_addr
+        );
         started.task.await.context("server task")?
     })
 }

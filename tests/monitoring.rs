@@ -15,13 +15,12 @@ mod tools;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use promql_parser::parser::{self, Expr, LabelModifier};
 use serde_json::{json, Value};
 use support::fake_api::{kubevirt_cr, realistic_vm, FakeApi, Res};
-use support::{free_port, serve_command, Certs};
+use support::{serve_command, Certs, Spawned};
 
 /// Labels Prometheus attaches to every scraped series (target labels of the
 /// ServiceMonitor: job, namespace, pod, service, container, endpoint, instance).
@@ -373,15 +372,8 @@ fn exposition(text: &str) -> (BTreeMap<String, BTreeSet<String>>, BTreeSet<Strin
 
 /// The real binary, killed when dropped (also when the test fails).
 struct Webhook {
-    child: Child,
+    proc: Spawned,
     log: std::path::PathBuf,
-}
-
-impl Drop for Webhook {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Webhook {
@@ -434,18 +426,15 @@ async fn live_metrics() -> String {
     );
     let kubeconfig = fake.kubeconfig();
     let certs = Certs::new();
-    let (port, metrics_port) = (free_port(), free_port());
     let log = certs.dir.path().join("server.log");
-    let child = serve_command(&certs, port, metrics_port)
-        .arg("--kubeconfig")
+    let mut cmd = serve_command(&certs);
+    cmd.arg("--kubeconfig")
         .arg(kubeconfig.path())
         .args(["--shutdown-delay", "0s"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("spawn the server");
-    let mut server = Webhook { child, log };
+        .stderr(std::fs::File::create(&log).expect("log file"));
+    let proc = Spawned::start(&mut cmd, Duration::from_secs(30));
+    let (port, metrics_port) = (proc.addr.port(), proc.metrics_addr.port());
+    let mut server = Webhook { proc, log };
     let http = reqwest::Client::builder()
         .no_proxy()
         .build()
@@ -457,7 +446,7 @@ async fn live_metrics() -> String {
         if ready.is_ok_and(|r| r.status().as_u16() == 200) {
             break;
         }
-        if let Ok(Some(status)) = server.child.try_wait() {
+        if let Ok(Some(status)) = server.proc.child.try_wait() {
             panic!("server exited with {status}:\n{}", server.log());
         }
         assert!(

@@ -11,19 +11,23 @@
 //! forced 410 relist (duration and peak RSS across it).
 //!
 //! The test fails on a wrong verdict, on any GET (every owner must come from
-//! the cache), or on a cache that does not hold N VMs. Timing and memory
-//! targets are printed as PASS/FAIL only: they depend on the machine.
+//! the cache), on a cache that does not hold N VMs, and on any missed
+//! timing or memory target (each printed as PASS/FAIL first).
+//!
+//! `vm_cache_small_instance` runs the same path on 2,000 VMs (with a forced
+//! relist) inside `make test`, so CI exercises it: it asserts the verdicts,
+//! the cache and the relist, not the timing targets (a debug build on a
+//! shared CI machine).
 
 mod support;
 
 use std::io::Read as _;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::{json, Value};
 use support::fake_api::{kubevirt_cr, realistic_vm, uid, FakeApi, Options, Res, Verb};
-use support::{free_port, serve_command, Certs};
+use support::{serve_command, Certs, Spawned};
 
 const MIB: f64 = 1024.0 * 1024.0;
 const VMS_PER_NAMESPACE: u64 = 100;
@@ -95,17 +99,10 @@ fn reset_peak(pid: u32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
 }
 
-/// The spawned server; killed when dropped.
+/// The spawned server (killed when dropped) and its log file.
 struct Server {
-    child: Child,
+    proc: Spawned,
     log: std::path::PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Server {
@@ -274,22 +271,19 @@ async fn run(n: u64, requests: usize, relist: bool) -> Run {
 
     let certs = Certs::new();
     let kubeconfig = fake.kubeconfig();
-    let (port, metrics_port) = (free_port(), free_port());
     let log = certs.dir.path().join("server.log");
     let started = Instant::now();
-    let child = serve_command(&certs, port, metrics_port)
-        .arg("--kubeconfig")
+    let mut cmd = serve_command(&certs);
+    cmd.arg("--kubeconfig")
         .arg(kubeconfig.path())
         .args(["--shutdown-delay", "0s"])
         .env("RUST_LOG", "warn,kubevirt_reboot_webhook::cluster=info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("spawn the server");
-    let mut server = Server { child, log };
-    let pid = server.child.id();
-    let metrics = format!("http://127.0.0.1:{metrics_port}");
+        .stderr(std::fs::File::create(&log).expect("log file"));
+    let proc = Spawned::start(&mut cmd, Duration::from_secs(60));
+    let mut server = Server { proc, log };
+    let pid = server.proc.id();
+    let port = server.proc.addr.port();
+    let metrics = format!("http://{}", server.proc.metrics_addr);
 
     // Ready?
     loop {
@@ -298,7 +292,7 @@ async fn run(n: u64, requests: usize, relist: bool) -> Run {
                 break;
             }
         }
-        if let Ok(Some(status)) = server.child.try_wait() {
+        if let Ok(Some(status)) = server.proc.child.try_wait() {
             panic!("server exited with {status}:\n{}", server.log_tail());
         }
         assert!(
@@ -486,7 +480,7 @@ async fn vm_cache_at_scale() {
 
     // Targets, at 100,000 VMs (or the largest N run).
     let Some(top) = runs.iter().skip(1).max_by_key(|r| r.n) else {
-        return;
+        panic!("SCALE_NS gave no N to hold to the targets");
     };
     let noise = base.p50.mul_f64(1.5) + Duration::from_micros(100);
     println!();
@@ -522,4 +516,30 @@ async fn vm_cache_at_scale() {
     for (what, ok) in &checks {
         println!("  {} {what}", verdict(*ok));
     }
+    let missed: Vec<&String> = checks.iter().filter(|c| !c.1).map(|c| &c.0).collect();
+    assert!(
+        missed.is_empty(),
+        "{} of {} targets missed at N={}: {missed:#?}",
+        missed.len(),
+        checks.len(),
+        top.n
+    );
+}
+
+/// `make test`'s instance of the scale path: 2,000 VMs in the fake API
+/// server, the real binary in cluster mode, 300 VMI CREATE reviews checked
+/// against each owner's runStrategy, no GET, the cache full, a forced 410
+/// relist and reviews after it. `run` asserts each of these.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_cache_small_instance() {
+    let r = run(2000, 100, true).await;
+    assert_eq!(r.n, 2000);
+    assert!(r.pages >= 2, "2,000 VMs take several pages of 500: {r:?}");
+    assert!(r.relist.is_some(), "the relist ran: {r:?}");
+    eprintln!(
+        "small instance: ready {}, p50 {}, relist {}",
+        ms(r.ready),
+        us(r.p50),
+        r.relist.map_or("-".into(), ms)
+    );
 }

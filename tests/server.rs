@@ -2,16 +2,26 @@
 //! fixtures in, full responses compared; bad bodies; `check` parity.
 //!
 //! Fixtures live in `tests/fixtures/gate-{on,off}/NN-name.{validate,mutate}.json`
-//! with the expected response beside each as `*.expected.json`. To refresh the
-//! expected files after an intended change: `UPDATE_FIXTURES=1 cargo test
-//! --test server`, then read the diff.
+//! with the expected response beside each as `*.expected.json`. An expected
+//! file is the server's answer verbatim, plus `response.patchDecoded`: the
+//! base64 `patch` decoded, so a fixture diff can be read (the test checks
+//! that it matches `patch`). To refresh the expected files after an intended
+//! change: `UPDATE_FIXTURES=1 cargo test --test server`; the run rewrites
+//! them and fails with "fixtures rewritten", then read the diff and rerun.
+//! Any other value of `UPDATE_FIXTURES` is refused, so a stray `=0` cannot
+//! turn the comparisons off.
 
 mod support;
 
 use std::path::{Path, PathBuf};
 
+use base64::Engine as _;
 use serde_json::{json, Value};
 use support::{fixtures, read_json, TestServer};
+
+/// How many request fixtures each directory holds: a file that goes missing
+/// (or one added without its expected answer being thought about) fails.
+const FIXTURE_COUNTS: [(&str, usize); 2] = [("gate-on", 18), ("gate-off", 4)];
 
 fn fixture_files(dir: &str) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(fixtures().join(dir))
@@ -23,8 +33,41 @@ fn fixture_files(dir: &str) -> Vec<PathBuf> {
         })
         .collect();
     files.sort();
-    assert!(files.len() >= 4, "fixtures missing in {dir}");
+    let want = FIXTURE_COUNTS
+        .iter()
+        .find(|(d, _)| *d == dir)
+        .map(|(_, n)| *n)
+        .unwrap_or_else(|| panic!("no fixture count for {dir}"));
+    assert_eq!(
+        files.len(),
+        want,
+        "{dir}: {files:#?}; update FIXTURE_COUNTS when adding a fixture"
+    );
     files
+}
+
+/// Whether this run rewrites the expected files: only `UPDATE_FIXTURES=1`.
+fn updating_fixtures() -> bool {
+    match std::env::var("UPDATE_FIXTURES") {
+        Err(std::env::VarError::NotPresent) => false,
+        Ok(v) if v == "1" => true,
+        other => panic!(
+            "UPDATE_FIXTURES={other:?}: set it to 1 to rewrite the expected files, or unset it to compare"
+        ),
+    }
+}
+
+/// The answer as stored in an expected file: with `response.patchDecoded`
+/// beside a base64 `patch`.
+fn with_decoded_patch(mut answer: Value) -> Value {
+    if let Some(p) = answer["response"].get("patch").and_then(Value::as_str) {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(p)
+            .expect("patch is base64");
+        let ops: Value = serde_json::from_slice(&raw).expect("patch is JSON");
+        answer["response"]["patchDecoded"] = ops;
+    }
+    answer
 }
 
 fn endpoint_of(path: &Path) -> &'static str {
@@ -45,27 +88,34 @@ fn expected_path(path: &Path) -> PathBuf {
 }
 
 async fn run_fixtures(server: &TestServer, dir: &str) {
-    let update = std::env::var_os("UPDATE_FIXTURES").is_some();
+    let update = updating_fixtures();
+    let mut rewritten = Vec::new();
     for f in fixture_files(dir) {
         let review = read_json(&f);
         let (status, got) = server.post(endpoint_of(&f), &review).await;
         assert_eq!(status, 200, "{}: {got}", f.display());
-        let exp_path = expected_path(&f);
-        if update {
-            std::fs::write(
-                &exp_path,
-                serde_json::to_string_pretty(&got).unwrap() + "\n",
-            )
-            .unwrap();
-            continue;
-        }
-        let want = read_json(&exp_path);
-        assert_eq!(got, want, "{}: full response differs", f.display());
         // The protocol basics hold for every fixture, whatever the verdict.
         assert_eq!(got["apiVersion"], "admission.k8s.io/v1");
         assert_eq!(got["kind"], "AdmissionReview");
         assert_eq!(got["response"]["uid"], review["request"]["uid"]);
+        let got = with_decoded_patch(got);
+        let exp_path = expected_path(&f);
+        if update {
+            let text = serde_json::to_string_pretty(&got).unwrap() + "\n";
+            if std::fs::read_to_string(&exp_path).ok().as_deref() != Some(text.as_str()) {
+                std::fs::write(&exp_path, text).unwrap();
+                rewritten.push(exp_path.display().to_string());
+            }
+            continue;
+        }
+        let want = read_json(&exp_path);
+        assert_eq!(got, want, "{}: full response differs", f.display());
     }
+    assert!(
+        !update,
+        "fixtures rewritten ({} changed: {rewritten:#?}), review the diff and rerun without UPDATE_FIXTURES",
+        rewritten.len()
+    );
 }
 
 fn gate_on_flags() -> Vec<String> {

@@ -24,10 +24,10 @@ pub const VMI_SMALL: usize = 6 * 1024;
 /// Size of the VMI with a large cloud-init userData.
 pub const VMI_LARGE: usize = 500 * 1024;
 
-/// One request body and where it goes.
+/// One request body, where it goes, and the exact answer it must get.
 #[derive(Clone, Debug)]
 pub struct Payload {
-    /// Short name for tables: `vmi-6k`, `vm`, `vmi-500k`.
+    /// Short name for tables: `vmi-6k`, `vm`, `vm-denied`, `vmi-500k`.
     pub name: &'static str,
     /// `/mutate` or `/validate`.
     pub path: &'static str,
@@ -35,11 +35,38 @@ pub struct Payload {
     pub mutates: bool,
     /// The AdmissionReview as the API server sends it (compact JSON).
     pub body: Vec<u8>,
+    /// The webhook's exact `response`, without `uid`, with `patch` decoded
+    /// (see [`check_answer`]). Written here by hand from the admission
+    /// contract, not computed by the webhook's code.
+    pub expected: Value,
 }
 
-/// The three benchmark payloads: ~6 KB VMI CREATE of a BootOnce VM
-/// (`/mutate`), a VM CREATE (`/validate`), ~500 KB VMI CREATE (`/mutate`).
+/// The JSON Patch a BootOnce owner's VMI gets: the reserved annotation
+/// added to its existing annotations, and `rebootPolicy: Terminate`.
+fn stamp_patch() -> Value {
+    json!([
+        {"op": "add", "path": "/metadata/annotations/runstrategy.kubevirt.io", "value": "BootOnce"},
+        {"op": "add", "path": "/spec/domain/rebootPolicy", "value": "Terminate"}
+    ])
+}
+
+/// The answer to a BootOnce owner's VMI: the patch, and the audit
+/// annotation that records what it changed.
+fn stamped() -> Value {
+    json!({
+        "allowed": true, "patchType": "JSONPatch", "patch": stamp_patch(),
+        "auditAnnotations": {"stamped": "metadata.annotations[runstrategy.kubevirt.io]=BootOnce, spec.domain.rebootPolicy=Terminate"}
+    })
+}
+
+/// The four benchmark payloads: ~6 KB VMI CREATE of a BootOnce VM
+/// (`/mutate`), a VM CREATE (`/validate`), the same VM with an invalid
+/// `rebootPolicy` that must be denied (`/validate`), ~500 KB VMI CREATE
+/// (`/mutate`).
 pub fn all() -> Vec<Payload> {
+    let unsupported =
+        "Unsupported value: \"terminate\": supported values: \"Reboot\", \"Terminate\"";
+    let field = "spec.template.spec.domain.rebootPolicy";
     vec![
         Payload {
             name: "vmi-6k",
@@ -51,6 +78,7 @@ pub fn all() -> Vec<Payload> {
                 controller_user(),
                 vmi_sized(VMI_SMALL),
             )),
+            expected: stamped(),
         },
         Payload {
             name: "vm",
@@ -62,6 +90,27 @@ pub fn all() -> Vec<Payload> {
                 human_user(),
                 vm(),
             )),
+            expected: json!({"allowed": true}),
+        },
+        Payload {
+            name: "vm-denied",
+            path: "/validate",
+            mutates: false,
+            body: to_bytes(&review(
+                "VirtualMachine",
+                "virtualmachines",
+                human_user(),
+                vm_denied(),
+            )),
+            expected: json!({"allowed": false,
+                "auditAnnotations": {"denied": format!("{field}: FieldValueNotSupported")},
+                "status": {
+                "code": 422, "reason": "Invalid", "status": "Failure",
+                "message": format!("{field}: {unsupported}"),
+                "details": {"causes": [
+                    {"field": field, "reason": "FieldValueNotSupported", "message": unsupported}
+                ]}
+            }}),
         },
         Payload {
             name: "vmi-500k",
@@ -73,8 +122,47 @@ pub fn all() -> Vec<Payload> {
                 controller_user(),
                 vmi_sized(VMI_LARGE),
             )),
+            expected: stamped(),
         },
     ]
+}
+
+/// Checks an answer of the webhook to `p` sent with request uid `uid`: an
+/// `admission.k8s.io/v1` AdmissionReview whose `response` echoes `uid` and
+/// is otherwise exactly `p.expected` (the base64 `patch` decoded first).
+pub fn check_answer(p: &Payload, uid: &str, body: &[u8]) -> Result<(), String> {
+    use base64::Engine as _;
+    let short = || String::from_utf8_lossy(&body[..body.len().min(600)]).into_owned();
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| format!("answer is not JSON ({e}): {}", short()))?;
+    if v["apiVersion"] != "admission.k8s.io/v1" || v["kind"] != "AdmissionReview" {
+        return Err(format!(
+            "not an admission.k8s.io/v1 AdmissionReview: {}",
+            short()
+        ));
+    }
+    let mut r = v["response"].clone();
+    let Some(fields) = r.as_object_mut() else {
+        return Err(format!("no response: {}", short()));
+    };
+    if fields.remove("uid").as_ref().and_then(Value::as_str) != Some(uid) {
+        return Err(format!("uid {uid} not echoed: {}", short()));
+    }
+    if let Some(patch) = fields.get_mut("patch") {
+        let decoded = patch
+            .as_str()
+            .and_then(|p| base64::engine::general_purpose::STANDARD.decode(p).ok())
+            .and_then(|raw| serde_json::from_slice::<Value>(&raw).ok())
+            .ok_or_else(|| format!("patch is not base64 JSON: {patch}"))?;
+        *patch = decoded;
+    }
+    if r != p.expected {
+        return Err(format!(
+            "{}: wrong answer: got {r}, want {}",
+            p.name, p.expected
+        ));
+    }
+    Ok(())
 }
 
 /// A copy of `body` whose request uid is `uid` (same length as [`UID_TEMPLATE`]).
@@ -374,6 +462,14 @@ fn vmi(blob: &[String]) -> Value {
     vmi
 }
 
+/// [`vm`] with `rebootPolicy: terminate` (wrong case) in its template:
+/// the validating webhook must deny it.
+fn vm_denied() -> Value {
+    let mut vm = vm();
+    vm["spec"]["template"]["spec"]["domain"]["rebootPolicy"] = "terminate".into();
+    vm
+}
+
 /// A BootOnce VM as `kubectl apply` creates it.
 fn vm() -> Value {
     let mut vm = json!({
@@ -429,7 +525,8 @@ mod tests {
     use super::*;
 
     /// The payloads are what the benchmark says they are: their nominal
-    /// size, and the webhook's answer (allowed; a patch exactly on /mutate).
+    /// size, and the webhook's decision on each is exactly the answer the
+    /// load benchmark requires (one of them a denial).
     #[test]
     fn payloads_have_their_size_and_expected_verdicts() {
         let policy = Policy {
@@ -442,11 +539,11 @@ mod tests {
         };
         let all = all();
         let names: Vec<_> = all.iter().map(|p| p.name).collect();
-        assert_eq!(names, ["vmi-6k", "vm", "vmi-500k"]);
+        assert_eq!(names, ["vmi-6k", "vm", "vm-denied", "vmi-500k"]);
         for p in &all {
             let (lo, hi) = match p.name {
                 "vmi-6k" => (VMI_SMALL, VMI_SMALL + 1024),
-                "vm" => (8 * 1024, 12 * 1024),
+                "vm" | "vm-denied" => (8 * 1024, 12 * 1024),
                 _ => (VMI_LARGE, VMI_LARGE + 16 * 1024),
             };
             assert!(
@@ -473,16 +570,19 @@ mod tests {
                 None => Owner::None,
             };
             let v = admission::decide(endpoint, &r.request, ctx, &owner);
-            assert!(v.allowed(), "{}: {v:?}", p.name);
             assert_eq!(!v.patch.is_empty(), p.mutates, "{}: {v:?}", p.name);
-            if p.mutates {
-                let patch = serde_json::to_string(&v.patch).unwrap();
-                assert!(
-                    patch.contains("runstrategy.kubevirt.io"),
-                    "{}: {patch}",
-                    p.name
-                );
-            }
+            let answer = review::encode(&r.api_version, &review::response(&r.request.uid, &v));
+            check_answer(p, UID_TEMPLATE, &answer).unwrap_or_else(|e| panic!("{e}"));
         }
+        // And the check refuses what it must: another uid, another verdict.
+        let vm = &all[1];
+        let ok = br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":{"uid":"u","allowed":true}}"#;
+        assert!(check_answer(vm, "u", ok).is_ok());
+        assert!(check_answer(vm, "v", ok).is_err(), "uid not echoed");
+        assert!(
+            check_answer(&all[2], "u", ok).is_err(),
+            "allowed instead of denied"
+        );
+        assert!(check_answer(&all[0], "u", ok).is_err(), "no patch");
     }
 }

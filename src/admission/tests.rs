@@ -187,7 +187,7 @@ fn skip_means_untouched(
     }
 }
 
-/// What a row expects: causes as (field, reason, message part), warnings as parts.
+/// What a row expects: causes as (field, reason, message part), warnings whole.
 struct Expect {
     causes: &'static [(&'static str, CauseReason, &'static str)],
     warnings: &'static [&'static str],
@@ -219,8 +219,8 @@ fn check_row(name: &str, v: &Verdict, want: &Expect) {
         "{name}: warnings {:#?}",
         v.warnings
     );
-    for (w, part) in v.warnings.iter().zip(want.warnings) {
-        assert!(w.contains(part), "{name}: warning {w:?} lacks {part:?}");
+    for (w, whole) in v.warnings.iter().zip(want.warnings) {
+        assert_eq!(w, whole, "{name}: warning");
     }
 }
 
@@ -251,7 +251,9 @@ fn validation_rules_on_create() {
         ("VMI Terminate gate off", Kind::Vmi, vmi(Some("Terminate"), None, false), false, USER,
             Expect { causes: &[("spec.domain.rebootPolicy", FieldValueInvalid, "feature gate")], warnings: &[] }),
         ("VMI Terminate gate off, kubevirt-controller", Kind::Vmi, vmi(Some("Terminate"), None, false), false, CONTROLLER,
-            Expect { causes: &[], warnings: &["trusted KubeVirt requester"] }),
+            Expect { causes: &[], warnings: &[
+                "spec.domain.rebootPolicy: rebootPolicy was admitted for a trusted KubeVirt requester although the feature gate RecreateVMIOnReboot (upstream KubeVirt: RebootPolicy) is disabled",
+            ] }),
         ("VMIRS Terminate gate off", Kind::Vmirs, vmirs(Some("Terminate")), false, USER,
             Expect { causes: &[(TMPL_RP, FieldValueInvalid, "feature gate")], warnings: &[] }),
         ("VMIRS bad value", Kind::Vmirs, vmirs(Some("Restart")), true, USER,
@@ -276,13 +278,21 @@ fn validation_rules_on_create() {
         ("pool bootOnce case", Kind::Pool, pool(Some("bootOnce"), None), true, USER,
             Expect { causes: &[("spec.virtualMachineTemplate.spec.runStrategy", FieldValueNotSupported, "did you mean")], warnings: &[] }),
         ("Terminate + RerunOnFailure warns", Kind::Vm, vm(Some("RerunOnFailure"), Some(json!("Terminate"))), true, USER,
-            Expect { causes: &[], warnings: &["RerunOnFailure", ] }),
+            Expect { causes: &[], warnings: &[
+                "spec.template.spec.domain.rebootPolicy: rebootPolicy Terminate with runStrategy RerunOnFailure: a guest reboot ends the VMI as Succeeded and RerunOnFailure does not restart it",
+            ] }),
         ("Terminate + Manual warns", Kind::Vm, vm(Some("Manual"), Some(json!("Terminate"))), true, USER,
-            Expect { causes: &[], warnings: &["Manual"] }),
+            Expect { causes: &[], warnings: &[
+                "spec.template.spec.domain.rebootPolicy: rebootPolicy Terminate with runStrategy Manual: a guest reboot stops the VM until someone starts it again",
+            ] }),
         ("Terminate + Halted warns", Kind::Vm, vm(Some("Halted"), Some(json!("Terminate"))), true, USER,
-            Expect { causes: &[], warnings: &["Halted"] }),
+            Expect { causes: &[], warnings: &[
+                "spec.template.spec.domain.rebootPolicy: rebootPolicy Terminate with runStrategy Halted: the VM is halted; when started, a guest reboot will stop it again",
+            ] }),
         ("pool Terminate + Manual warns", Kind::Pool, pool(Some("Manual"), Some("Terminate")), true, USER,
-            Expect { causes: &[], warnings: &["Manual"] }),
+            Expect { causes: &[], warnings: &[
+                "spec.virtualMachineTemplate.spec.template.spec.domain.rebootPolicy: rebootPolicy Terminate with runStrategy Manual: a guest reboot stops the VM until someone starts it again",
+            ] }),
         ("Terminate + Always: no warning", Kind::Vm, vm(Some("Always"), Some(json!("Terminate"))), true, USER, ALLOW),
     ];
     for (name, kind, obj, gate, user, want) in rows {
@@ -469,7 +479,9 @@ fn ratcheting_and_updates() {
     let rows: Vec<(&str, Kind, Value, Value, bool, &str, Expect)> = vec![
         ("unchanged rebootPolicy, gate off", Kind::Vm,
             vm(Some("Always"), Some(json!("Terminate"))), vm(Some("Always"), Some(json!("Terminate"))), false, USER,
-            Expect { causes: &[], warnings: &["unchanged"] }),
+            Expect { causes: &[], warnings: &[
+                "spec.template.spec.domain.rebootPolicy: rebootPolicy is kept because it is unchanged, but the feature gate RecreateVMIOnReboot (upstream KubeVirt: RebootPolicy) is disabled, so KubeVirt ignores it",
+            ] }),
         ("changed rebootPolicy, gate off", Kind::Vm,
             vm(Some("Always"), Some(json!("Reboot"))), vm(Some("Always"), Some(json!("Terminate"))), false, USER,
             Expect { causes: &[(TMPL_RP, FieldValueInvalid, "feature gate")], warnings: &[] }),
@@ -478,16 +490,22 @@ fn ratcheting_and_updates() {
             Expect { causes: &[(TMPL_RP, FieldValueInvalid, "feature gate")], warnings: &[] }),
         ("unchanged BootOnce, gate off", Kind::Vm,
             vm(Some("BootOnce"), None), vm(Some("BootOnce"), None), false, USER,
-            Expect { causes: &[], warnings: &["unchanged"] }),
+            Expect { causes: &[], warnings: &[
+                "spec.runStrategy: runStrategy BootOnce is kept because it is unchanged, but the feature gate RecreateVMIOnReboot (upstream KubeVirt: RebootPolicy) is disabled, so KubeVirt ignores it",
+            ] }),
         ("switch to BootOnce, gate off", Kind::Vm,
             vm(Some("BootOnce"), None), vm(Some("Always"), None), false, USER,
             Expect { causes: &[("spec.runStrategy", FieldValueInvalid, "feature gate")], warnings: &[] }),
         ("rebootPolicy change on running VM warns", Kind::Vm,
             running(vm(Some("Always"), Some(json!("Terminate")))), running(vm(Some("Always"), None)), true, USER,
-            Expect { causes: &[], warnings: &["restart the VM"] }),
+            Expect { causes: &[], warnings: &[
+                "the VM has a running VMI: rebootPolicy takes effect at the next start; restart the VM to apply it",
+            ] }),
         ("switch to BootOnce on running VM warns", Kind::Vm,
             running(vm(Some("BootOnce"), None)), running(vm(Some("Always"), None)), true, USER,
-            Expect { causes: &[], warnings: &["BootOnce takes effect at the next start"] }),
+            Expect { causes: &[], warnings: &[
+                "the VM has a running VMI: the switch to or from runStrategy BootOnce takes effect at the next start; restart the VM to apply it",
+            ] }),
         ("switch from BootOnce on stopped VM: no warning", Kind::Vm,
             vm(Some("Always"), None), vm(Some("BootOnce"), None), true, USER, ALLOW),
         ("VMI rebootPolicy change by user", Kind::Vmi,
@@ -571,15 +589,14 @@ fn warn_mode_turns_denials_into_warnings() {
     );
     let v = validate(&p, &req, false, &Owner::None);
     assert!(v.allowed());
-    assert_eq!(v.warnings.len(), 2, "{:#?}", v.warnings);
-    assert!(v
-        .warnings
-        .iter()
-        .all(|w| w.starts_with("would be denied (warn mode): ")));
-    assert!(v
-        .warnings
-        .iter()
-        .any(|w| w.contains("spec.runStrategy: Unsupported value: \"bootonce\"")));
+    assert!(v.causes.is_empty());
+    assert_eq!(
+        v.warnings,
+        [
+            "would be denied (warn mode): spec.template.spec.domain.rebootPolicy: Invalid value: \"Terminate\": rebootPolicy requires the feature gate RecreateVMIOnReboot; enable \"RecreateVMIOnReboot\" (or its upstream name \"RebootPolicy\") in the KubeVirt resource's spec.configuration.developerConfiguration.featureGates, or remove the field",
+            "would be denied (warn mode): spec.runStrategy: Unsupported value: \"bootonce\": runStrategy values are case-sensitive; did you mean \"BootOnce\"?",
+        ]
+    );
 }
 
 fn mutated(obj: &Value, v: &Verdict) -> Value {
@@ -597,6 +614,11 @@ type MutationRow = (
     Option<Value>,
     usize,
 );
+
+fn with_null_reboot_policy(mut vmi: Value) -> Value {
+    vmi["spec"]["domain"]["rebootPolicy"] = Value::Null;
+    vmi
+}
 
 #[test]
 fn mutation_of_vmi_create() {
@@ -621,6 +643,8 @@ fn mutation_of_vmi_create() {
             Some(json!({BOOTONCE_ANNOTATION: "BootOnce"})), None, 0),
         ("no owner: nothing", vmi(None, None, false), Owner::None, None, None, 0),
         ("compat owner ignored in native mode", vmi(None, None, true), owner(RunStrategy::Once, true), None, None, 0),
+        ("rebootPolicy null is present, so not filled", with_null_reboot_policy(vmi(None, None, true)), owner(RunStrategy::BootOnce, false),
+            Some(json!({BOOTONCE_ANNOTATION: "BootOnce"})), Some(Value::Null), 1),
     ];
     for (name, obj, own, want_ann, want_rp, ops) in rows {
         let req = create(Kind::Vmi, CONTROLLER, obj.clone());
@@ -655,7 +679,11 @@ fn mutation_of_vmi_create() {
         // The stamped VMI passes validation (by the controller that creates it, and by a user when owner is BootOnce).
         let check = create(Kind::Vmi, USER, after);
         if matches!(own, Owner::Found(ref vm) if vm.is_bootonce(BootOnceMode::Native))
-            && name != "BootOnce owner keeps Reboot (validation denies it)"
+            && !matches!(
+                name,
+                "BootOnce owner keeps Reboot (validation denies it)"
+                    | "rebootPolicy null is present, so not filled"
+            )
         {
             assert!(validate(&p, &check, true, &own).allowed(), "{name}");
         }
@@ -1027,13 +1055,24 @@ fn compat_bootonce_needs_the_gate_with_ratcheting() {
         ("annotation added to a plain Once VM, gate off", Operation::Update, hand_written.clone(), Some(vm(Some("Once"), None)), USER,
             Expect { causes: &[("spec.runStrategy", FieldValueInvalid, "feature gate")], warnings: &[] }),
         ("hand-written, trusted, gate off", Operation::Create, hand_written, None, CONTROLLER,
-            Expect { causes: &[], warnings: &["trusted KubeVirt requester"] }),
+            Expect { causes: &[], warnings: &[
+                "spec.runStrategy: runStrategy BootOnce (stored as runStrategy Once with the annotation runstrategy.kubevirt.io: BootOnce in metadata.annotations) was admitted for a trusted KubeVirt requester although the feature gate RecreateVMIOnReboot (upstream KubeVirt: RebootPolicy) is disabled",
+            ] }),
         ("unrelated edit of a stored compat VM, gate off", Operation::Update, stored.clone(), Some(stored.clone()), USER,
-            Expect { causes: &[], warnings: &["unchanged", "unchanged"] }),
+            Expect { causes: &[], warnings: &[
+                "spec.template.spec.domain.rebootPolicy: rebootPolicy is kept because it is unchanged, but the feature gate RecreateVMIOnReboot (upstream KubeVirt: RebootPolicy) is disabled, so KubeVirt ignores it", 
+                "spec.runStrategy: runStrategy BootOnce (stored as runStrategy Once with the annotation runstrategy.kubevirt.io: BootOnce in metadata.annotations) is kept because it is unchanged, but the feature gate RecreateVMIOnReboot (upstream KubeVirt: RebootPolicy) is disabled, so KubeVirt ignores it",
+            ] }),
         ("client-side re-apply of BootOnce, gate off", Operation::Update, csa_reapply, Some(stored.clone()), USER,
-            Expect { causes: &[], warnings: &["unchanged", "unchanged"] }),
+            Expect { causes: &[], warnings: &[
+                "spec.template.spec.domain.rebootPolicy: rebootPolicy is kept because it is unchanged, but the feature gate RecreateVMIOnReboot (upstream KubeVirt: RebootPolicy) is disabled, so KubeVirt ignores it", 
+                "spec.runStrategy: runStrategy BootOnce (stored as runStrategy Once with the annotation runstrategy.kubevirt.io: BootOnce in metadata.annotations) is kept because it is unchanged, but the feature gate RecreateVMIOnReboot (upstream KubeVirt: RebootPolicy) is disabled, so KubeVirt ignores it",
+            ] }),
         ("server-side re-apply of BootOnce, gate off", Operation::Update, ssa_reapply, Some(stored.clone()), USER,
-            Expect { causes: &[], warnings: &["unchanged", "unchanged"] }),
+            Expect { causes: &[], warnings: &[
+                "spec.template.spec.domain.rebootPolicy: rebootPolicy is kept because it is unchanged, but the feature gate RecreateVMIOnReboot (upstream KubeVirt: RebootPolicy) is disabled, so KubeVirt ignores it", 
+                "spec.runStrategy: runStrategy BootOnce (stored as runStrategy Once with the annotation runstrategy.kubevirt.io: BootOnce in metadata.annotations) is kept because it is unchanged, but the feature gate RecreateVMIOnReboot (upstream KubeVirt: RebootPolicy) is disabled, so KubeVirt ignores it",
+            ] }),
         ("new BootOnce VM, gate off", Operation::Create, vm(Some("BootOnce"), None), None, USER,
             Expect { causes: &[("spec.runStrategy", FieldValueInvalid, "feature gate")], warnings: &[] }),
     ];

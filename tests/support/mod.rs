@@ -1,9 +1,12 @@
 //! Shared by the integration tests: certificates, an in-process server with
-//! real TLS on a free loopback port, and an HTTPS client that trusts it.
+//! real TLS on loopback port 0, the real binary as a child process (its
+//! bound addresses read from its stdout), and an HTTPS client that trusts it.
 #![allow(dead_code)]
 
+use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Parser;
 use kubevirt_reboot_webhook::cli::{Cli, Command, ServeArgs};
@@ -13,27 +16,107 @@ use tokio::sync::oneshot;
 
 pub mod fake_api;
 
-/// A free loopback port (bound and released; fine for tests).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
-/// `kubevirt-reboot-webhook serve` as a child process: HTTPS on `port`,
-/// health and metrics on `metrics_port`, TLS from `certs`, both on loopback.
-pub fn serve_command(certs: &Certs, port: u16, metrics_port: u16) -> std::process::Command {
+/// `kubevirt-reboot-webhook serve` as a child process: HTTPS and health /
+/// metrics both on loopback port 0 (the kernel picks), TLS from `certs`,
+/// stdout piped so that [`Spawned::start`] can read the bound addresses.
+pub fn serve_command(certs: &Certs) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kubevirt-reboot-webhook"));
     cmd.arg("serve")
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", "127.0.0.1:0"])
         .arg("--tls-cert")
         .arg(certs.cert())
         .arg("--tls-key")
-        .arg(certs.key());
+        .arg(certs.key())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped());
     cmd
+}
+
+/// A `serve` child process and the addresses it bound; killed when dropped,
+/// so a failing test never leaves it behind.
+pub struct Spawned {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+}
+
+impl Spawned {
+    /// Spawns `cmd` (from [`serve_command`]) and waits up to `timeout` for
+    /// the line `listening admission=https://ADDR metrics=http://ADDR` that
+    /// `serve` prints once both listeners are bound.
+    pub fn start(cmd: &mut std::process::Command, timeout: Duration) -> Spawned {
+        let mut child = cmd.spawn().expect("spawn kubevirt-reboot-webhook serve");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            // Keep reading after the line, so the child never blocks on a full pipe.
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(tx) = tx.take_if(|_| line.starts_with("listening ")) {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = match rx.recv_timeout(timeout) {
+            Ok(line) => line,
+            Err(e) => {
+                let _ = child.kill();
+                let status = child.wait();
+                panic!(
+                    "serve printed no bound addresses within {timeout:?} ({e}); exit: {status:?}"
+                );
+            }
+        };
+        let (addr, metrics_addr) = parse_listening(&line)
+            .unwrap_or_else(|| panic!("unexpected address line from serve: {line:?}"));
+        Spawned {
+            child,
+            addr,
+            metrics_addr,
+        }
+    }
+
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGTERM`) to the process from this one.
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits");
+        // SAFETY: kill(2) with our own child's pid; it is not reaped before
+        // `self` drops, so the pid cannot have been reused.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(
+            rc,
+            0,
+            "kill({pid}, {signal}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// `https://localhost:PORT{path}` (the certificates name localhost).
+    pub fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.addr.port())
+    }
+
+    pub fn metrics_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.metrics_addr)
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `listening admission=https://A metrics=http://B` → (A, B).
+pub fn parse_listening(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let rest = line.strip_prefix("listening admission=https://")?;
+    let (addr, metrics) = rest.split_once(" metrics=http://")?;
+    Some((addr.parse().ok()?, metrics.trim().parse().ok()?))
 }
 
 /// Development certificates written into a temporary directory.
@@ -161,15 +244,7 @@ impl TestServer {
 
     /// One sample from `/metrics`, 0 when the series is absent.
     pub async fn metric(&self, series: &str) -> f64 {
-        let (status, text) = self.get_text(&self.metrics_url("/metrics")).await;
-        assert_eq!(status, 200);
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| {
-                let (name, value) = l.rsplit_once(' ')?;
-                (name == series).then(|| value.parse::<f64>().expect("metric value"))
-            })
-            .unwrap_or(0.0)
+        metric(self.metrics_addr, series).await
     }
 
     pub async fn get_text(&self, url: &str) -> (u16, String) {
@@ -188,6 +263,176 @@ impl TestServer {
 
 fn args_box(a: Box<ServeArgs>) -> Box<ServeArgs> {
     a
+}
+
+/// One sample from the `/metrics` page on `metrics_addr` (`series` with its
+/// labels, as printed), 0 when the series is absent.
+pub async fn metric(metrics_addr: SocketAddr, series: &str) -> f64 {
+    let resp = reqwest::get(format!("http://{metrics_addr}/metrics"))
+        .await
+        .expect("GET /metrics");
+    assert_eq!(resp.status().as_u16(), 200);
+    let text = resp.text().await.expect("metrics text");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse::<f64>().expect("metric value"))
+        })
+        .unwrap_or(0.0)
+}
+
+/// Polls `f` every 20 ms until it is true; panics after `timeout`.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while !f().await {
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// POSTs `body` to `path` over a new TLS connection (HTTP/1.1) presenting
+/// `identity` (certificate and key PEM) as client certificate; the HTTP status, or the TLS alert the
+/// server refused the handshake with. Panics on any other failure.
+pub async fn tls_post(
+    addr: SocketAddr,
+    server_ca: &str,
+    identity: Option<(String, String)>,
+    path: &str,
+    body: &str,
+) -> Result<u16, rustls::AlertDescription> {
+    use rustls::pki_types::pem::PemObject;
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(server_ca.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let mut config = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![rustls::pki_types::CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let alert = |e: std::io::Error| -> rustls::AlertDescription {
+        match e.get_ref().and_then(|r| r.downcast_ref::<rustls::Error>()) {
+            Some(rustls::Error::AlertReceived(a)) => *a,
+            _ => panic!("not a TLS handshake refusal: {e:?}"),
+        }
+    };
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // With TLS 1.3 the client's side of the handshake ends before the server
+    // has judged its certificate: the alert arrives on the first read.
+    let mut s = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .map_err(alert)?;
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    // A refused client may see the alert already on the write.
+    s.write_all(req.as_bytes()).await.map_err(alert)?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.map_err(alert)?;
+    let text = String::from_utf8_lossy(&out);
+    Ok(text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP answer: {text:?}")))
+}
+
+/// A CA and a way to issue leaves (and intermediates) from it.
+pub struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    pub fn new(name: &str) -> TestCa {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        TestCa {
+            issuer: rcgen::CertifiedIssuer::self_signed(p, rcgen::KeyPair::generate().unwrap())
+                .unwrap(),
+        }
+    }
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+    pub fn intermediate(&self, name: &str) -> TestCa {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, name);
+        TestCa {
+            issuer: rcgen::CertifiedIssuer::signed_by(
+                p,
+                rcgen::KeyPair::generate().unwrap(),
+                &self.issuer,
+            )
+            .unwrap(),
+        }
+    }
+    /// (certificate PEM, key PEM) for `cn` with SANs localhost/127.0.0.1.
+    pub fn leaf(&self, cn: &str) -> (String, String) {
+        let mut p =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+                .unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// A raw TLS connection offering only `alpn`.
+pub async fn raw_tls(
+    addr: SocketAddr,
+    ca_pem: &str,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::pem::PemObject::pem_slice_iter(ca_pem.as_bytes()) {
+        let c: rustls::pki_types::CertificateDer<'static> = c.unwrap();
+        roots.add(c).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .unwrap()
 }
 
 /// An HTTPS client trusting `ca_pem`; `http1` forces HTTP/1.1, else ALPN picks h2.

@@ -65,6 +65,8 @@ async fn main() -> anyhow::Result<()> {
         .route("/mutate", post(review))
         .route("/validate", post(review));
     let listener = TcpListener::bind(listen).await?;
+    // As the webhook does: the bound address (port 0 picks one) on stdout.
+    println!("listening admission=https://{}", listener.local_addr()?);
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             continue;
