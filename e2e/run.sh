@@ -208,7 +208,7 @@ install_manifests() {   # install_manifests KUSTOMIZE_DIR
 # write_endpoints NAMESPACE: what the endpoints controller would write for the
 # webhook's Service there, pointing at this run's webhook process.
 write_endpoints() {
-  k apply -f - >/dev/null <<EP
+  k apply -f - >/dev/null 2> >(grep -v 'v1 Endpoints is deprecated' >&2) <<EP
 apiVersion: v1
 kind: Endpoints
 metadata:

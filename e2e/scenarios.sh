@@ -431,38 +431,63 @@ scenario_mtls() {
 
 # ---------------------------------------------------------------------------
 # Added latency: 500 VMI creates through both webhooks against 500 without
-# them. Reported, with the API server's own webhook duration histogram.
+# them, interleaved in rounds of 100 so that drift in the machine's load
+# falls on both sides. Reported with the API server's own webhook duration
+# histogram; E2E_LATENCY_TARGET_MS (unset: report only) makes the p99 a gate.
+webhooks_on() { install_manifests "$ROOT/manifests"; wait_until 15 "webhooks effective" vmi_is_stamped; }
+webhooks_off() {
+  k delete mutatingwebhookconfiguration,validatingwebhookconfiguration kubevirt-reboot-webhook >/dev/null
+  wait_until 15 "webhooks removed" vmi_is_not_stamped
+}
+vmi_is_stamped() { [ "$(vmi e2e probe lat-owner | k create --dry-run=server --as="$CONTROLLER" -f - -o jsonpath='{.metadata.annotations.runstrategy\.kubevirt\.io}')" = BootOnce ]; }
+vmi_is_not_stamped() { [ "$(vmi e2e probe lat-owner | k create --dry-run=server --as="$CONTROLLER" -f - -o jsonpath='{.metadata.annotations.runstrategy\.kubevirt\.io}')" = "" ]; }
+
 scenario_latency() {
   gate_spec "{\"featureGates\":[\"$GATE\"]}"
   expect_gate on >/dev/null
   vm e2e lat-owner BootOnce | k create -f - >/dev/null
-  local with without
-  with=$("$E2EHELPER" latency -kubeconfig "$W/admin.kubeconfig" -n e2e -owner lat-owner -prefix lat-on -count 500)
-  expect_contains "$with" '"stamped":500' "VMIs stamped with the webhooks installed"
-  k delete mutatingwebhookconfiguration,validatingwebhookconfiguration kubevirt-reboot-webhook >/dev/null
-  without=$("$E2EHELPER" latency -kubeconfig "$W/admin.kubeconfig" -n e2e -owner lat-owner -prefix lat-off -count 500)
-  expect_contains "$without" '"stamped":0' "VMIs without the webhooks"
-  install_manifests "$ROOT/manifests"
-  k get --raw /metrics | grep -E '^apiserver_admission_webhook_admission_duration_seconds_(sum|count)\{.*reboot' >"$W/apiserver-webhook-metrics.txt" || true
-  python3 - "$with" "$without" "$W/apiserver-webhook-metrics.txt" <<'PY' | tee "$W/latency.txt" >&2
-import json, re, sys
-w, wo = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-print(f"  VMI create, client side (ms):    p50      p90      p99      max")
-for name, r in (("with both webhooks", w), ("without webhooks", wo)):
-    print(f"  {name:<28} {r['p50_ms']:8.2f} {r['p90_ms']:8.2f} {r['p99_ms']:8.2f} {r['max_ms']:8.2f}")
-print(f"  added                        {w['p50_ms']-wo['p50_ms']:8.2f} {w['p90_ms']-wo['p90_ms']:8.2f} {w['p99_ms']-wo['p99_ms']:8.2f}")
+  local round out lat=("$E2EHELPER" latency -kubeconfig "$W/admin.kubeconfig" -n e2e -owner lat-owner -count 100 -warmup 5)
+  rm -f "$W/lat-on.txt" "$W/lat-off.txt"
+  for round in 1 2 3 4 5; do
+    webhooks_on
+    out=$("${lat[@]}" -prefix "lat-on-$round" -samples "$W/lat-on.txt")
+    expect_contains "$out" '"stamped":100' "VMIs stamped with the webhooks installed (round $round)"
+    webhooks_off
+    out=$("${lat[@]}" -prefix "lat-off-$round" -samples "$W/lat-off.txt")
+    expect_contains "$out" '"stamped":0' "VMIs without the webhooks (round $round)"
+  done
+  webhooks_on
+  k get --raw /metrics | grep -E '^apiserver_admission_webhook_admission_duration_seconds_(sum|count|bucket)\{.*reboot' >"$W/apiserver-webhook-metrics.txt" || true
+  python3 - "$W/lat-on.txt" "$W/lat-off.txt" "$W/apiserver-webhook-metrics.txt" "${E2E_LATENCY_TARGET_MS:-}" <<'PY' | tee "$W/latency.txt" >&2
+import re, sys
+def q(xs, p):
+    xs = sorted(xs); return xs[min(len(xs) - 1, max(0, int(p * len(xs) + 0.5) - 1))]
+on = [float(l) for l in open(sys.argv[1])]; off = [float(l) for l in open(sys.argv[2])]
+print(f"  VMI create, client side, {len(on)} + {len(off)} creates (ms):   p50      p90      p99")
+for name, xs in (("with both webhooks", on), ("without webhooks", off)):
+    print(f"  {name:<45} {q(xs,.5):8.2f} {q(xs,.9):8.2f} {q(xs,.99):8.2f}")
+added = {p: q(on, p) - q(off, p) for p in (.5, .9, .99)}
+print(f"  {'added':<45} {added[.5]:8.2f} {added[.9]:8.2f} {added[.99]:8.2f}")
 sums = {}
 for line in open(sys.argv[3]):
-    m = re.match(r'apiserver_admission_webhook_admission_duration_seconds_(sum|count)\{(.*)\} (\S+)', line)
-    if not m: continue
-    labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
-    key = (labels.get("name"), labels.get("type"), labels.get("operation"), labels.get("rejected"))
-    sums.setdefault(key, {})[m.group(1)] = float(m.group(3))
+    m = re.match(r'apiserver_admission_webhook_admission_duration_seconds_(sum|count|bucket)\{(.*)\} (\S+)', line)
+    if m:
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
+        key = (labels.get("name"), labels.get("type"), labels.get("operation"), labels.get("rejected"))
+        v = sums.setdefault(key, {"buckets": []})
+        if m.group(1) == "bucket":
+            v["buckets"].append((float(labels["le"]), float(m.group(3))))
+        else:
+            v[m.group(1)] = float(m.group(3))
 for (name, typ, op, rej), v in sorted(sums.items(), key=lambda kv: str(kv[0])):
-    if op != "CREATE" or rej != "false" or not v.get("count"): continue
-    print(f"  apiserver_admission_webhook_admission_duration_seconds {name} ({typ}, {op}): mean {1000*v['sum']/v['count']:.2f} ms over {int(v['count'])} calls")
-added = w['p99_ms'] - wo['p99_ms']
-print(f"  target: under 2 ms added at p99: {'met' if added < 2 else 'NOT met'} ({added:.2f} ms)")
+    if op == "CREATE" and rej == "false" and v.get("count"):
+        le99 = min(le for le, c in v["buckets"] if c >= 0.99 * v["count"])
+        print(f"  kube-apiserver's own measure of {name} ({typ}): mean {1000*v['sum']/v['count']:.2f} ms, "
+              f"p99 <= {1000*le99:g} ms (histogram bucket), {int(v['count'])} calls")
+target = sys.argv[4]
+print(f"  target: under 2 ms added at p99: {'met' if added[.99] < 2 else 'NOT met'} ({added[.99]:.2f} ms)")
+if target and added[.99] >= float(target):
+    sys.exit(f"added p99 {added[.99]:.2f} ms is over E2E_LATENCY_TARGET_MS={target}")
 PY
 }
 

@@ -91,6 +91,7 @@ func latency(args []string) error {
 	owner := fs.String("owner", "", "VirtualMachine that controls the VMIs")
 	as := fs.String("as", "system:serviceaccount:kubevirt:kubevirt-controller", "user to create as")
 	prefix := fs.String("prefix", "lat", "VMI name prefix")
+	samplesFile := fs.String("samples", "", "append each timed create's milliseconds to this file")
 	_ = fs.Parse(args)
 	ctx := context.Background()
 	admin, err := client(*kubeconfig, "", 1000)
@@ -134,6 +135,18 @@ func latency(args []string) error {
 			if got.GetAnnotations()["runstrategy.kubevirt.io"] == "BootOnce" {
 				patched++
 			}
+		}
+	}
+	if *samplesFile != "" {
+		f, err := os.OpenFile(*samplesFile, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+		if err != nil {
+			return err
+		}
+		for _, s := range samples {
+			fmt.Fprintf(f, "%.3f\n", float64(s.Microseconds())/1000)
+		}
+		if err := f.Close(); err != nil {
+			return err
 		}
 	}
 	sort.Slice(samples, func(a, b int) bool { return samples[a] < samples[b] })
