@@ -26,9 +26,12 @@ if [ -z "${KRW_E2E_INSIDE:-}" ]; then
   log "building helm"
   HELM=$(cd "$ROOT" && make -s --no-print-directory helm)
   export HELM
-  log "building the webhook (release)"
-  (cd "$ROOT" && cargo build --locked --release --quiet --bin kubevirt-reboot-webhook)
-  export WEBHOOK_BIN=$ROOT/target/release/kubevirt-reboot-webhook
+  if [ -z "${WEBHOOK_BIN:-}" ]; then   # WEBHOOK_BIN: a binary built elsewhere
+    log "building the webhook (release)"
+    (cd "$ROOT" && cargo build --locked --release --quiet --bin kubevirt-reboot-webhook)
+    WEBHOOK_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/kubevirt-reboot-webhook
+  fi
+  export WEBHOOK_BIN
   log "control plane: kube-apiserver $K8S_VERSION, etcd $("$ETCD" --version | awk '/etcd Version/ { print $3 }'), kubectl $("$KUBECTL" version --client -o json | awk -F'"' '$2 == "gitVersion" { print $4 }') ($KUBECTL)"
   log "build and checks took $((SECONDS - started)) s"
   exec env KRW_E2E_INSIDE=1 unshare --net bash "$0" "$@"
