@@ -384,7 +384,7 @@ scenario_rotation() {
   start_bg rotation-stream "$E2EHELPER" latency -kubeconfig "$W/admin.kubeconfig" -n e2e -owner installer \
     -prefix rot -warmup 0 -count 1500
   local pid; pid=$(pid_of rotation-stream)
-  wait_until 30 "the stream of VMI creates to start" grep -q . <(k -n e2e get vmi rot-50 -o name 2>/dev/null)
+  wait_until 30 "the stream of VMI creates to start" k -n e2e get vmi rot-50
   pki_cert "$P" rotated webhook-ca "/CN=$WH_SVC" "DNS:$WH_SVC,DNS:$WH_SVC.cluster.local" serverAuth 30
   cp "$P/rotated.key" "$W/webhook-tls/tls.key.new"; cp "$P/rotated.crt" "$W/webhook-tls/tls.crt.new"
   mv "$W/webhook-tls/tls.key.new" "$W/webhook-tls/tls.key"; mv "$W/webhook-tls/tls.crt.new" "$W/webhook-tls/tls.crt"
