@@ -189,6 +189,12 @@ impl<'v> Facts<'v> {
         }
     }
 
+    /// The reserved annotation on the object's own metadata.
+    pub fn own_annotation(&self) -> Option<&'v Value> {
+        // `Layout::metas` lists the object's own metadata first.
+        self.annotations.first().and_then(|a| a.value)
+    }
+
     /// The runStrategy as a string, if it is one.
     pub fn run_strategy_str(&self) -> Option<&'v str> {
         self.run_strategy.as_ref().and_then(Fact::as_str)

@@ -4,6 +4,10 @@
 //! Nothing in this module performs I/O, reads a clock or touches globals; the
 //! server and the offline `check` command both call [`decide`], so they cannot
 //! disagree.
+//!
+//! Rules read an object only through its facts (`facts.rs`); whether a VM is
+//! BootOnce is decided there, in [`bootonce_form`]. The rules themselves:
+//! `validate.rs` (numbered as the README's Behaviour table) and `mutate.rs`.
 
 mod facts;
 mod kinds;
@@ -274,7 +278,7 @@ pub fn owner_to_resolve(
     }
     let obj = req.object.as_ref()?;
     if endpoint == Endpoint::Validate
-        && (kinds::annotation(obj, &["metadata"]).is_none()
+        && (facts::Facts::of(Kind::Vmi, obj).own_annotation().is_none()
             || policy.trusted.contains(&req.user_info))
     {
         return None;

@@ -331,15 +331,10 @@ fn check_annotation_value(j: &mut Judge<'_>, field: &str, value: &Value) {
 /// Where the causes about a VMI's own reserved annotation sit.
 const VMI_ANNOTATIONS: &str = "metadata.annotations";
 
-/// The VMI's own reserved annotation.
-fn vmi_annotation_fact<'v>(j: &Judge<'v>) -> Option<&'v Value> {
-    j.facts.annotations.first().and_then(|a| a.value)
-}
-
 /// Rules 6 and 3 for VMIs: the annotation's value; a VMI carrying it is a
 /// BootOnce VM's and must not have rebootPolicy `Reboot`.
 fn vmi_annotation(j: &mut Judge<'_>) {
-    let Some(value) = vmi_annotation_fact(j) else {
+    let Some(value) = j.facts.own_annotation() else {
         return;
     };
     check_annotation_value(j, VMI_ANNOTATIONS, value);
@@ -355,7 +350,7 @@ fn vmi_annotation(j: &mut Judge<'_>) {
 /// Rule 5 for a VMI CREATE by an untrusted requester: the annotation only on
 /// VMIs whose controller owner VM is BootOnce.
 fn vmi_annotation_owner(j: &mut Judge<'_>, owner: &Owner) {
-    if vmi_annotation_fact(j).is_none() {
+    if j.facts.own_annotation().is_none() {
         return;
     }
     let f = VMI_ANNOTATIONS.to_owned();
@@ -384,8 +379,8 @@ fn vmi_annotation_owner(j: &mut Judge<'_>, owner: &Owner) {
 /// Rule 7 for a VMI UPDATE by an untrusted requester: the annotation and
 /// rebootPolicy cannot change.
 fn vmi_immutable(j: &mut Judge<'_>) {
-    let value = vmi_annotation_fact(j);
-    let old_value = j.old.as_ref().and_then(|o| o.annotations.first()?.value);
+    let value = j.facts.own_annotation();
+    let old_value = j.old.as_ref().and_then(Facts::own_annotation);
     if old_value != value {
         let what = match (old_value, value) {
             (None, _) => "added",
