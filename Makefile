@@ -20,7 +20,7 @@ HELM_K8S_MINOR := $(word 2,$(subst ., ,$(call gomod_version,k8s.io/client-go)))
 HELM_CACHE   ?= $(or $(KRW_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/kubevirt-reboot-webhook)/helm-$(HELM_VERSION)
 HELM_BIN     := $(HELM_CACHE)/helm
 
-.PHONY: help run test lint certs build release manifests deploy undeploy bench bench-scale fuzz e2e e2e-build clean helm
+.PHONY: help run test lint fixtures certs build release manifests deploy undeploy bench bench-scale fuzz e2e e2e-build clean helm
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -45,6 +45,12 @@ test: ## Run every test (unit, integration, manifests, chart, alerts, the bench 
 lint: ## clippy and rustfmt, as CI wants them
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
+
+fixtures: ## Rewrite the golden answers (tests/fixtures/*/*.expected.json) from the server's, then compare; review with git diff
+	@echo "rewriting expected answers (this run fails with \"fixtures rewritten\" when any changed)" >&2
+	-UPDATE_FIXTURES=1 $(CARGO) test --locked --test server fixtures_
+	$(CARGO) test --locked --test server
+	@git status --short -- tests/fixtures
 
 build: ## Debug build
 	$(CARGO) build --locked

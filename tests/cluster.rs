@@ -5,6 +5,10 @@
 //! Every wait polls with short sleeps and a deadline of a few seconds; no
 //! test sleeps a fixed long time.
 
+// A panic here is a failed test; Cargo.toml denies unwrap/expect in product
+// code, and clippy.toml's test exemption misses integration-test helpers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::future::Future;

@@ -2,6 +2,10 @@
 //! (`serve` as a child process on loopback port 0), real TLS, and for cluster
 //! mode the in-process fake API server. Each test fails if its promise breaks.
 
+// A panic here is a failed test; Cargo.toml denies unwrap/expect in product
+// code, and clippy.toml's test exemption misses integration-test helpers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::path::Path;

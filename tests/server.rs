@@ -11,6 +11,10 @@
 //! Any other value of `UPDATE_FIXTURES` is refused, so a stray `=0` cannot
 //! turn the comparisons off.
 
+// A panic here is a failed test; Cargo.toml denies unwrap/expect in product
+// code, and clippy.toml's test exemption misses integration-test helpers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::path::{Path, PathBuf};

@@ -16,8 +16,8 @@ pub enum Kind {
 /// Field layout of one kind, as JSON key paths from the object root.
 #[derive(Debug)]
 pub struct Layout {
-    /// The VMI spec (the object holding `domain`).
-    pub vmi_spec: &'static [&'static str],
+    /// The VMI spec's `domain` (holding `rebootPolicy`).
+    pub domain: &'static [&'static str],
     /// The VM spec (holding `runStrategy` and `running`), for VMs and pools.
     pub vm_spec: Option<&'static [&'static str]>,
     /// The VM-level metadata (a VM's own, or a pool's VM template's).
@@ -63,28 +63,35 @@ impl Kind {
     pub fn layout(self) -> &'static Layout {
         match self {
             Kind::Vmi => &Layout {
-                vmi_spec: &["spec"],
+                domain: &["spec", "domain"],
                 vm_spec: None,
                 vm_meta: None,
                 vmi_template_meta: None,
                 metas: &[META],
             },
             Kind::Vm => &Layout {
-                vmi_spec: &["spec", "template", "spec"],
+                domain: &["spec", "template", "spec", "domain"],
                 vm_spec: Some(&["spec"]),
                 vm_meta: Some(META),
                 vmi_template_meta: Some(TEMPLATE_META),
                 metas: &[META, TEMPLATE_META],
             },
             Kind::Vmirs => &Layout {
-                vmi_spec: &["spec", "template", "spec"],
+                domain: &["spec", "template", "spec", "domain"],
                 vm_spec: None,
                 vm_meta: None,
                 vmi_template_meta: Some(TEMPLATE_META),
                 metas: &[META, TEMPLATE_META],
             },
             Kind::Pool => &Layout {
-                vmi_spec: &["spec", "virtualMachineTemplate", "spec", "template", "spec"],
+                domain: &[
+                    "spec",
+                    "virtualMachineTemplate",
+                    "spec",
+                    "template",
+                    "spec",
+                    "domain",
+                ],
                 vm_spec: Some(&["spec", "virtualMachineTemplate", "spec"]),
                 vm_meta: Some(POOL_VM_META),
                 vmi_template_meta: Some(POOL_TEMPLATE_META),

@@ -4,19 +4,23 @@
 //! Nothing in this module performs I/O, reads a clock or touches globals; the
 //! server and the offline `check` command both call [`decide`], so they cannot
 //! disagree.
+//!
+//! Rules read an object only through its facts (`facts.rs`); whether a VM is
+//! BootOnce is decided there, in [`bootonce_form`]. The rules themselves:
+//! `validate.rs` (numbered as the README's Behaviour table) and `mutate.rs`.
 
+mod facts;
 mod kinds;
 mod mutate;
 mod patch;
 pub mod review;
 mod validate;
 
+pub use facts::{bootonce_form, BootOnceForm, RunStrategy, VmInfo};
 pub use kinds::{Kind, Layout};
 pub use review::{AdmissionRequest, DecodeError, Operation};
 
 use std::collections::{BTreeMap, HashSet};
-
-use serde_json::Value;
 
 /// The reserved annotation that carries `runStrategy: BootOnce` to a VMI.
 pub const BOOTONCE_ANNOTATION: &str = "runstrategy.kubevirt.io";
@@ -102,65 +106,6 @@ pub struct Policy {
     pub trusted: Trusted,
     pub mode: Mode,
     pub bootonce: BootOnceMode,
-}
-
-/// How a VM is known to the owner lookup: only what the decisions need.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VmInfo {
-    /// `metadata.uid`; `None` for file-sourced VMs that carry none (then any
-    /// owner uid matches).
-    pub uid: Option<String>,
-    pub run_strategy: RunStrategy,
-    /// The VM's own `metadata.annotations` holds `runstrategy.kubevirt.io: BootOnce`.
-    pub annotated: bool,
-}
-
-impl VmInfo {
-    /// Builds the lean view from a VirtualMachine object.
-    pub fn from_object(vm: &Value) -> VmInfo {
-        let meta = vm.get("metadata");
-        VmInfo {
-            uid: meta
-                .and_then(|m| m.get("uid"))
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            run_strategy: RunStrategy::parse(
-                vm.pointer("/spec/runStrategy").and_then(Value::as_str),
-            ),
-            annotated: meta
-                .and_then(|m| m.get("annotations"))
-                .and_then(|a| a.get(BOOTONCE_ANNOTATION))
-                .and_then(Value::as_str)
-                == Some(BOOTONCE),
-        }
-    }
-
-    /// Whether VMIs of this VM must carry the BootOnce annotation.
-    pub fn is_bootonce(&self, mode: BootOnceMode) -> bool {
-        match self.run_strategy {
-            RunStrategy::BootOnce => true,
-            RunStrategy::Once => mode == BootOnceMode::Compat && self.annotated,
-            RunStrategy::Other => false,
-        }
-    }
-}
-
-/// The runStrategy classes the decisions tell apart.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RunStrategy {
-    BootOnce,
-    Once,
-    Other,
-}
-
-impl RunStrategy {
-    pub fn parse(s: Option<&str>) -> RunStrategy {
-        match s {
-            Some(BOOTONCE) => RunStrategy::BootOnce,
-            Some("Once") => RunStrategy::Once,
-            _ => RunStrategy::Other,
-        }
-    }
 }
 
 /// A VMI's controller owner reference, as far as the decisions care.
@@ -333,7 +278,7 @@ pub fn owner_to_resolve(
     }
     let obj = req.object.as_ref()?;
     if endpoint == Endpoint::Validate
-        && (kinds::annotation(obj, &["metadata"]).is_none()
+        && (facts::Facts::of(Kind::Vmi, obj).own_annotation().is_none()
             || policy.trusted.contains(&req.user_info))
     {
         return None;

@@ -4,7 +4,8 @@
 
 use serde_json::Value;
 
-use super::kinds::{annotation, get, Kind};
+use super::facts::{BootOnceForm, Facts};
+use super::kinds::Kind;
 use super::patch::PatchBuilder;
 use super::{
     AdmissionRequest, BootOnceMode, Cause, CauseReason, Context, Mutation, Operation, Owner,
@@ -27,7 +28,7 @@ pub(super) fn mutate(
     }
 }
 
-/// Mutation rules 1–5: the VMI follows its owner VM.
+/// Mutation (README, Behaviour): the VMI follows its owner VM.
 fn stamp_vmi(vmi: &Value, ctx: Context<'_>, owner: &Owner) -> Verdict {
     let mut p = PatchBuilder::default();
     let mut verdict = Verdict::default();
@@ -68,25 +69,16 @@ fn compat_rewrite(kind: Kind, req: &AdmissionRequest, obj: &Value, ctx: Context<
     else {
         return Verdict::default();
     };
-    let rs = get(obj, vm_spec)
-        .and_then(|s| s.get("runStrategy"))
-        .and_then(Value::as_str);
-    let domain: Vec<&str> = layout.vmi_spec.iter().copied().chain(["domain"]).collect();
+    let facts = Facts::of(kind, obj);
+    let rs = facts.run_strategy_str();
     // The old object is a VM this webhook stored as compat BootOnce.
     let was_bootonce = req.operation == Operation::Update
         && req.old_object.as_ref().is_some_and(|old| {
-            get(old, vm_spec)
-                .and_then(|s| s.get("runStrategy"))
-                .and_then(Value::as_str)
-                == Some("Once")
-                && annotation(old, vm_meta).and_then(Value::as_str) == Some(BOOTONCE)
+            Facts::of(kind, old).bootonce(ctx.policy.bootonce) == Some(BootOnceForm::Compat)
         });
     // BootOnce with template `Reboot` is denied; rewriting it first would add
     // annotation causes about annotations the user never wrote.
-    let reboot = get(obj, &domain)
-        .and_then(|d| d.get("rebootPolicy"))
-        .and_then(Value::as_str)
-        == Some("Reboot");
+    let reboot = facts.reboot_policy.as_str() == Some("Reboot");
     let mut p = PatchBuilder::default();
     match rs {
         // Without the gate, leave BootOnce for validation to deny with the
@@ -108,7 +100,7 @@ fn compat_rewrite(kind: Kind, req: &AdmissionRequest, obj: &Value, ctx: Context<
                 BOOTONCE_ANNOTATION,
                 BOOTONCE.into(),
             );
-            p.set_default(obj, &domain, "rebootPolicy", "Terminate".into());
+            p.set_default(obj, layout.domain, "rebootPolicy", "Terminate".into());
         }
         Some(BOOTONCE | "Once") => {}
         // Only undo what this webhook did: the old object was a compat BootOnce VM.

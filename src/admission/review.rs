@@ -3,8 +3,8 @@
 //!
 //! Requests are decoded into a lean struct whose objects stay
 //! `serde_json::Value`s: one parse of the body, no `#[serde(flatten)]`
-//! buffering (kube's `AdmissionReview<DynamicObject>` flattens twice, which
-//! triples the work on a 500 KB VMI), and a wrongly typed user field becomes a
+//! buffering (kube's `AdmissionReview<DynamicObject>` flattens twice; see
+//! bench/README.md, "Findings"), and a wrongly typed user field becomes a
 //! denial with a field path instead of a decode error. Responses use kube's
 //! `Status` types; the response itself is our own small struct because
 //! kube-core serialises `patch` as an array of numbers, and the canonical
@@ -187,8 +187,9 @@ struct RawRequest {
 
 /// `request.object` or `oldObject` as a `Value`, without the top-level
 /// `metadata.managedFields`. No rule reads it, and in a real object it
-/// restates every field as `f:` keys: about half of the allocations of
-/// parsing a VMI, skipped here without building them (bench/README.md).
+/// restates every field as `f:` keys, a large share of the allocations of
+/// parsing a VMI, skipped here without building them (figures in
+/// bench/README.md, "Findings").
 struct LeanObject(Value);
 
 impl<'de> Deserialize<'de> for LeanObject {

@@ -915,6 +915,36 @@ fn compat_leaves_bootonce_alone_without_the_gate() {
     );
 }
 
+/// The compat rewrite re-applies or undoes only its own stored form, `Once`
+/// with the annotation: a VM stored as native `BootOnce` (a trusted
+/// requester while the gate was off) is not one it wrote.
+#[test]
+fn compat_rewrite_follows_only_its_own_stored_form() {
+    let p = compat();
+    let native = vm(Some("BootOnce"), None);
+    let req = request(
+        Kind::Vm,
+        Operation::Update,
+        USER,
+        native.clone(),
+        Some(native.clone()),
+    );
+    let m = mutate(&p, &req, false, &Owner::None);
+    assert!(
+        m.patch.is_empty(),
+        "gate off, left for validation: {:?}",
+        m.patch
+    );
+
+    let mut old = native;
+    old["metadata"]["annotations"] = json!({ BOOTONCE_ANNOTATION: "BootOnce" });
+    let mut to_always = vm(Some("Always"), None);
+    to_always["metadata"]["annotations"] = json!({ BOOTONCE_ANNOTATION: "BootOnce" });
+    let req = request(Kind::Vm, Operation::Update, USER, to_always, Some(old));
+    let m = mutate(&p, &req, true, &Owner::None);
+    assert!(m.patch.is_empty(), "not ours to remove: {:?}", m.patch);
+}
+
 #[test]
 fn compat_pool_templates() {
     let p = compat();

@@ -1,8 +1,13 @@
 //! The validating webhook's rules (admission contract, "Validation").
+//!
+//! Each rule is one function; "rule N" is row N of the README's Behaviour
+//! table. Rules read the [`Facts`] of the object and, on UPDATE, of the old
+//! object; ratcheting compares the two.
 
 use serde_json::Value;
 
-use super::kinds::{annotation, field, get, Kind};
+use super::facts::{BootOnceForm, Fact, Facts};
+use super::kinds::Kind;
 use super::{
     gate_names, AdmissionRequest, BootOnceMode, Cause, CauseReason, Context, Operation, Owner,
     Verdict, BOOTONCE, BOOTONCE_ANNOTATION,
@@ -30,13 +35,13 @@ struct Judge<'a> {
     kind: Kind,
     ctx: Context<'a>,
     trusted: bool,
-    update: bool,
-    obj: &'a Value,
-    old: Option<&'a Value>,
+    facts: Facts<'a>,
+    /// The old object's facts, on UPDATE.
+    old: Option<Facts<'a>>,
     verdict: Verdict,
 }
 
-impl Judge<'_> {
+impl<'a> Judge<'a> {
     fn deny(&mut self, reason: CauseReason, field: String, message: String) {
         self.verdict.causes.push(Cause {
             reason,
@@ -49,36 +54,22 @@ impl Judge<'_> {
         self.verdict.warnings.push(message);
     }
 
-    /// The old object's value at `path`, on UPDATE.
-    fn old_at(&self, path: &[&str]) -> Option<&Value> {
-        self.old.and_then(|o| get(o, path))
+    /// Ratcheting: an UPDATE keeping the old value (picked from the old
+    /// object's facts by `old`) unchanged.
+    fn unchanged(
+        &self,
+        new: Option<&Value>,
+        old: impl FnOnce(&Facts<'a>) -> Option<&'a Value>,
+    ) -> bool {
+        self.old.as_ref().is_some_and(|o| old(o) == new)
     }
 
-    /// Ratcheting: an UPDATE keeping the old value at `path` unchanged.
-    fn unchanged(&self, path: &[&str], new: Option<&Value>) -> bool {
-        self.update && self.old.is_some() && self.old_at(path) == new
-    }
-
-    /// The gate rule for a field that needs it; ratchets and trusts as the contract says.
-    fn require_gate(&mut self, path: &[&str], value: &Value, what: &str) {
-        let kept = self.unchanged(path, Some(value));
-        self.require_gate_kept(path, value, what, kept, "remove the field");
-    }
-
-    /// The gate rule with the ratcheting decided by the caller (`kept`), and
-    /// `undo` saying how to do without the gate.
-    fn require_gate_kept(
-        &mut self,
-        path: &[&str],
-        value: &Value,
-        what: &str,
-        kept: bool,
-        undo: &str,
-    ) {
+    /// The gate rule (2) with the ratcheting decided by the caller (`kept`),
+    /// and `undo` saying how to do without the gate.
+    fn require_gate(&mut self, f: String, value: &Value, what: &str, kept: bool, undo: &str) {
         if self.ctx.gate {
             return;
         }
-        let f = field(path, &[]);
         if kept {
             self.warn(format!(
                 "{f}: {what} is kept because it is unchanged, but the feature gate {} is disabled, so KubeVirt ignores it",
@@ -102,6 +93,10 @@ impl Judge<'_> {
             );
         }
     }
+
+    fn bootonce(&self) -> Option<BootOnceForm> {
+        self.facts.bootonce(self.ctx.policy.bootonce)
+    }
 }
 
 pub(super) fn validate(
@@ -116,190 +111,194 @@ pub(super) fn validate(
         kind,
         ctx,
         trusted: ctx.policy.trusted.contains(&req.user_info),
-        update,
-        obj,
-        old: if update {
-            req.old_object.as_ref()
-        } else {
-            None
-        },
+        facts: Facts::of(kind, obj),
+        old: req
+            .old_object
+            .as_ref()
+            .filter(|_| update)
+            .map(|old| Facts::of(kind, old)),
         verdict: Verdict::default(),
     };
-    let layout = kind.layout();
-    let rp_path: Vec<&str> = layout
-        .vmi_spec
-        .iter()
-        .copied()
-        .chain(["domain", "rebootPolicy"])
-        .collect();
-    let rp = get(obj, &rp_path);
-
-    reboot_policy(&mut j, &rp_path, rp);
+    // The order of the calls is the order of causes and warnings in answers.
+    reboot_policy_value(&mut j);
+    reboot_policy_gate(&mut j);
     if kind == Kind::Vmi {
-        vmi_rules(&mut j, req, &rp_path, rp, owner);
+        vmi_annotation(&mut j);
+        if !j.trusted {
+            match req.operation {
+                Operation::Create => vmi_annotation_owner(&mut j, owner),
+                Operation::Update => vmi_immutable(&mut j),
+                _ => {}
+            }
+        }
     } else {
-        run_strategy(&mut j, &rp_path, rp);
-        template_annotations(&mut j, rp);
+        bootonce_gate(&mut j);
+        bootonce_spelling(&mut j);
+        bootonce_conflicts(&mut j);
+        terminate_surprises(&mut j);
+        restart_needed(&mut j);
+        reserved_annotations(&mut j);
     }
     j.verdict
 }
 
-/// Rules 1 and 2: the value, and the gate.
-fn reboot_policy(j: &mut Judge<'_>, path: &[&str], rp: Option<&Value>) {
-    let Some(value) = rp else { return };
+/// Rule 1: a present rebootPolicy is `Reboot` or `Terminate`.
+fn reboot_policy_value(j: &mut Judge<'_>) {
+    let rp = j.facts.reboot_policy;
+    let Some(value) = rp.value else { return };
     if !matches!(value.as_str(), Some("Reboot" | "Terminate")) {
         j.deny(
             CauseReason::FieldValueNotSupported,
-            field(path, &[]),
+            rp.field(),
             format!("Unsupported value: {value}: {SUPPORTED}"),
         );
     }
-    j.require_gate(path, value, "rebootPolicy");
 }
 
-/// Rule 3 (BootOnce) and the runStrategy warnings of rule 6, for VMs and pools.
-fn run_strategy(j: &mut Judge<'_>, rp_path: &[&str], rp: Option<&Value>) {
-    let layout = j.kind.layout();
-    let Some(vm_spec) = layout.vm_spec else {
+/// Rule 2 for rebootPolicy: it needs the gate.
+fn reboot_policy_gate(j: &mut Judge<'_>) {
+    let rp = j.facts.reboot_policy;
+    let Some(value) = rp.value else { return };
+    let kept = j.unchanged(rp.value, |o| o.reboot_policy.value);
+    j.require_gate(rp.field(), value, "rebootPolicy", kept, "remove the field");
+}
+
+/// Rule 2 for BootOnce (VMs and pools): it needs the gate, in either form.
+fn bootonce_gate(j: &mut Judge<'_>) {
+    let Some(
+        rs @ Fact {
+            value: Some(value), ..
+        },
+    ) = j.facts.run_strategy
+    else {
         return;
     };
-    let rs_path: Vec<&str> = vm_spec.iter().copied().chain(["runStrategy"]).collect();
-    let rs_value = get(j.obj, &rs_path);
-    let rs = rs_value.and_then(Value::as_str);
-    let bootonce = is_bootonce(j.obj, j.kind, j.ctx.policy.bootonce);
+    match j.bootonce() {
+        Some(BootOnceForm::Native) => {
+            let kept = j.unchanged(rs.value, |o| o.run_strategy.and_then(|f| f.value));
+            j.require_gate(
+                rs.field(),
+                value,
+                "runStrategy BootOnce",
+                kept,
+                "remove the field",
+            );
+        }
+        // Compat mode stores BootOnce as Once + annotation: the same feature,
+        // the same gate, kept while the old object was compat BootOnce too.
+        Some(BootOnceForm::Compat) => {
+            let mode = j.ctx.policy.bootonce;
+            let kept = j.old.as_ref().is_some_and(|o| o.bootonce(mode).is_some());
+            let annotations = j.facts.vm_annotation.map(|a| a.field()).unwrap_or_default();
+            j.require_gate(
+                rs.field(),
+                value,
+                &format!(
+                    "runStrategy BootOnce (stored as runStrategy Once with the annotation {BOOTONCE_ANNOTATION}: BootOnce in {annotations})"
+                ),
+                kept,
+                &format!("remove the annotation from {annotations}"),
+            );
+        }
+        None => {}
+    }
+}
 
-    if let (Some(v), Some(BOOTONCE)) = (rs_value, rs) {
-        j.require_gate(&rs_path, v, "runStrategy BootOnce");
-    }
-    // Compat mode stores BootOnce as Once + annotation: the same feature,
-    // the same gate, kept while the old object was compat BootOnce too.
-    if let (Some(v), Some("Once"), true) = (rs_value, rs, bootonce) {
-        let kept = j.update
-            && j.old
-                .is_some_and(|o| is_bootonce(o, j.kind, j.ctx.policy.bootonce));
-        let vm_meta = layout.vm_meta.unwrap_or_default();
-        j.require_gate_kept(
-            &rs_path,
-            v,
-            &format!(
-                "runStrategy BootOnce (stored as runStrategy Once with the annotation {BOOTONCE_ANNOTATION}: BootOnce in {})",
-                field(vm_meta, &["annotations"])
-            ),
-            kept,
-            &format!("remove the annotation from {}", field(vm_meta, &["annotations"])),
-        );
-    }
-    if let Some(s) = rs.filter(|s| *s != BOOTONCE && s.eq_ignore_ascii_case(BOOTONCE)) {
+/// Rule 4: BootOnce spelled in another case.
+fn bootonce_spelling(j: &mut Judge<'_>) {
+    let Some(rs) = j.facts.run_strategy else {
+        return;
+    };
+    if let Some(s) = rs
+        .as_str()
+        .filter(|s| *s != BOOTONCE && s.eq_ignore_ascii_case(BOOTONCE))
+    {
         j.deny(
             CauseReason::FieldValueNotSupported,
-            field(&rs_path, &[]),
+            rs.field(),
             format!("Unsupported value: \"{s}\": runStrategy values are case-sensitive; did you mean \"BootOnce\"?"),
         );
     }
-    if bootonce {
-        let running_path: Vec<&str> = vm_spec.iter().copied().chain(["running"]).collect();
-        if let Some(running) = get(j.obj, &running_path).filter(|v| !v.is_null()) {
-            j.deny(
-                CauseReason::FieldValueInvalid,
-                field(&running_path, &[]),
-                format!(
-                    "Invalid value: {running}: running cannot be set together with runStrategy BootOnce; remove {}",
-                    field(&running_path, &[])
-                ),
-            );
-        }
-        if rp.and_then(Value::as_str) == Some("Reboot") {
-            j.deny(
-                CauseReason::FieldValueInvalid,
-                field(rp_path, &[]),
-                "Invalid value: \"Reboot\": runStrategy BootOnce ends the VM at the first guest reboot; use rebootPolicy \"Terminate\" or leave it unset".into(),
-            );
-        }
-    }
-
-    if rp.and_then(Value::as_str) == Some("Terminate") {
-        if let Some((_, why)) = TERMINATE_SURPRISES.iter().find(|(s, _)| Some(*s) == rs) {
-            let rs = rs.unwrap_or_default();
-            j.warn(format!(
-                "{}: rebootPolicy Terminate with runStrategy {rs}: {why}",
-                field(rp_path, &[])
-            ));
-        }
-    }
-
-    if j.kind == Kind::Vm && j.update {
-        if let Some(old) = j.old {
-            let running = |o: &Value| {
-                o.pointer("/status/created").and_then(Value::as_bool) == Some(true)
-                    || o.pointer("/status/ready").and_then(Value::as_bool) == Some(true)
-                    || o.pointer("/status/printableStatus").and_then(Value::as_str)
-                        == Some("Running")
-            };
-            let rp_changed = get(old, rp_path) != rp;
-            let bootonce_changed = is_bootonce(old, j.kind, j.ctx.policy.bootonce) != bootonce;
-            if (running(old) || running(j.obj)) && (rp_changed || bootonce_changed) {
-                let what = if rp_changed {
-                    "rebootPolicy"
-                } else {
-                    "the switch to or from runStrategy BootOnce"
-                };
-                j.warn(format!(
-                    "the VM has a running VMI: {what} takes effect at the next start; restart the VM to apply it"
-                ));
-            }
-        }
-    }
 }
 
-/// Whether a VM or pool object counts as BootOnce in `mode`.
-fn is_bootonce(obj: &Value, kind: Kind, mode: BootOnceMode) -> bool {
-    let layout = kind.layout();
-    let (Some(vm_spec), Some(vm_meta)) = (layout.vm_spec, layout.vm_meta) else {
-        return false;
-    };
-    match get(obj, vm_spec)
-        .and_then(|s| s.get("runStrategy"))
-        .and_then(Value::as_str)
+/// Rule 3: BootOnce with `running`, or with template rebootPolicy `Reboot`.
+fn bootonce_conflicts(j: &mut Judge<'_>) {
+    if j.bootonce().is_none() {
+        return;
+    }
+    let running = j.facts.running;
+    if let Some((f, value)) =
+        running.and_then(|r| Some((r.field(), r.value.filter(|v| !v.is_null())?)))
     {
-        Some(BOOTONCE) => true,
-        Some("Once") => {
-            mode == BootOnceMode::Compat
-                && annotation(obj, vm_meta).and_then(Value::as_str) == Some(BOOTONCE)
-        }
-        _ => false,
+        j.deny(
+            CauseReason::FieldValueInvalid,
+            f.clone(),
+            format!(
+                "Invalid value: {value}: running cannot be set together with runStrategy BootOnce; remove {f}"
+            ),
+        );
+    }
+    if j.facts.reboot_policy.as_str() == Some("Reboot") {
+        j.deny(
+            CauseReason::FieldValueInvalid,
+            j.facts.reboot_policy.field(),
+            "Invalid value: \"Reboot\": runStrategy BootOnce ends the VM at the first guest reboot; use rebootPolicy \"Terminate\" or leave it unset".into(),
+        );
     }
 }
 
-/// Rule 4 for VMs, VMIRS and pools: the reserved annotation on object or template metadata.
-fn template_annotations(j: &mut Judge<'_>, rp: Option<&Value>) {
-    let layout = j.kind.layout();
+/// Rule 8 (warning): `Terminate` with a runStrategy that does not restart the VM.
+fn terminate_surprises(j: &mut Judge<'_>) {
+    if j.facts.reboot_policy.as_str() != Some("Terminate") {
+        return;
+    }
+    let rs = j.facts.run_strategy_str();
+    if let Some((rs, why)) = TERMINATE_SURPRISES.iter().find(|(s, _)| Some(*s) == rs) {
+        j.warn(format!(
+            "{}: rebootPolicy Terminate with runStrategy {rs}: {why}",
+            j.facts.reboot_policy.field()
+        ));
+    }
+}
+
+/// Rule 9 (warning): a running VM's rebootPolicy or BootOnce changes at the next start.
+fn restart_needed(j: &mut Judge<'_>) {
+    let Some(old) = j.old.as_ref().filter(|_| j.kind == Kind::Vm) else {
+        return;
+    };
+    let mode = j.ctx.policy.bootonce;
+    let rp_changed = old.reboot_policy.value != j.facts.reboot_policy.value;
+    let bootonce_changed = old.bootonce(mode).is_some() != j.facts.bootonce(mode).is_some();
+    if (old.reports_running || j.facts.reports_running) && (rp_changed || bootonce_changed) {
+        let what = if rp_changed {
+            "rebootPolicy"
+        } else {
+            "the switch to or from runStrategy BootOnce"
+        };
+        j.warn(format!(
+            "the VM has a running VMI: {what} takes effect at the next start; restart the VM to apply it"
+        ));
+    }
+}
+
+/// Rules 5 and 6 for VMs, VMIRS and pools: the reserved annotation on object
+/// or template metadata.
+fn reserved_annotations(j: &mut Judge<'_>) {
     // In compat mode the mutating webhook itself writes the annotation on
     // `Once` VMs; it only describes Once + Terminate, so it is harmless there.
     let compat_ok = j.ctx.policy.bootonce == BootOnceMode::Compat
-        && layout.vm_spec.is_some_and(|s| {
-            get(j.obj, s)
-                .and_then(|s| s.get("runStrategy"))
-                .and_then(Value::as_str)
-                == Some("Once")
-        })
-        && rp.and_then(Value::as_str) != Some("Reboot");
-    for meta in layout.metas {
-        let Some(value) = annotation(j.obj, meta) else {
+        && j.facts.run_strategy_str() == Some("Once")
+        && j.facts.reboot_policy.as_str() != Some("Reboot");
+    for (i, a) in j.facts.annotations.clone().into_iter().enumerate() {
+        let Some(value) = a.value else {
             continue;
         };
+        let f = a.field();
+        check_annotation_value(j, &f, value);
+        let set_here = !j.unchanged(a.value, |o| o.annotations.get(i).and_then(|a| a.value));
         // Only the VM-level and VMI template metadata: a pool's own metadata
         // is never written by the webhook.
-        let compat_ok =
-            compat_ok && (layout.vm_meta == Some(*meta) || layout.vmi_template_meta == Some(*meta));
-        let f = field(meta, &["annotations"]);
-        check_annotation_value(j, &f, value);
-        let key_path: Vec<&str> = meta
-            .iter()
-            .copied()
-            .chain(["annotations", BOOTONCE_ANNOTATION])
-            .collect();
-        let set_here = !j.unchanged(&key_path, Some(value));
-        if !j.trusted && set_here && !compat_ok {
+        if !j.trusted && set_here && !(compat_ok && a.compat_written) {
             let hint = match (j.kind, j.ctx.policy.bootonce) {
                 (Kind::Vmirs, _) => "remove it; BootOnce is a runStrategy of VirtualMachines and VirtualMachinePools, which VirtualMachineInstanceReplicaSets do not have",
                 (Kind::Pool, BootOnceMode::Native) => "set spec.virtualMachineTemplate.spec.runStrategy: BootOnce on the VirtualMachinePool instead",
@@ -316,6 +315,7 @@ fn template_annotations(j: &mut Judge<'_>, rp: Option<&Value>) {
     }
 }
 
+/// Rule 6: the reserved annotation's only value is `BootOnce`.
 fn check_annotation_value(j: &mut Judge<'_>, field: &str, value: &Value) {
     if value.as_str() != Some(BOOTONCE) {
         j.deny(
@@ -328,74 +328,81 @@ fn check_annotation_value(j: &mut Judge<'_>, field: &str, value: &Value) {
     }
 }
 
-/// Rules 4 and 5 for VMIs.
-fn vmi_rules(
-    j: &mut Judge<'_>,
-    req: &AdmissionRequest,
-    rp_path: &[&str],
-    rp: Option<&Value>,
-    owner: &Owner,
-) {
-    let value = annotation(j.obj, &["metadata"]);
-    let f = field(&["metadata", "annotations"], &[]);
-    if let Some(value) = value {
-        check_annotation_value(j, &f, value);
-        if rp.and_then(Value::as_str) == Some("Reboot") {
-            j.deny(
-                CauseReason::FieldValueInvalid,
-                field(rp_path, &[]),
-                format!("Invalid value: \"Reboot\": a VMI of a BootOnce VM ({BOOTONCE_ANNOTATION}: BootOnce) must terminate on guest reboot; use rebootPolicy \"Terminate\" or leave it unset"),
-            );
-        }
+/// Where the causes about a VMI's own reserved annotation sit.
+const VMI_ANNOTATIONS: &str = "metadata.annotations";
+
+/// Rules 6 and 3 for VMIs: the annotation's value; a VMI carrying it is a
+/// BootOnce VM's and must not have rebootPolicy `Reboot`.
+fn vmi_annotation(j: &mut Judge<'_>) {
+    let Some(value) = j.facts.own_annotation() else {
+        return;
+    };
+    check_annotation_value(j, VMI_ANNOTATIONS, value);
+    if j.facts.reboot_policy.as_str() == Some("Reboot") {
+        j.deny(
+            CauseReason::FieldValueInvalid,
+            j.facts.reboot_policy.field(),
+            format!("Invalid value: \"Reboot\": a VMI of a BootOnce VM ({BOOTONCE_ANNOTATION}: BootOnce) must terminate on guest reboot; use rebootPolicy \"Terminate\" or leave it unset"),
+        );
     }
-    if j.trusted {
+}
+
+/// Rule 5 for a VMI CREATE by an untrusted requester: the annotation only on
+/// VMIs whose controller owner VM is BootOnce.
+fn vmi_annotation_owner(j: &mut Judge<'_>, owner: &Owner) {
+    if j.facts.own_annotation().is_none() {
         return;
     }
-    match req.operation {
-        Operation::Create if value.is_some() => match owner {
-            Owner::Found(vm) if vm.is_bootonce(j.ctx.policy.bootonce) => {}
-            Owner::Unavailable(why) => j.deny(
-                CauseReason::InternalError,
+    let f = VMI_ANNOTATIONS.to_owned();
+    match owner {
+        Owner::Found(vm) if vm.is_bootonce(j.ctx.policy.bootonce) => {}
+        Owner::Unavailable(why) => j.deny(
+            CauseReason::InternalError,
+            f,
+            format!("the owner VirtualMachine could not be read to verify the annotation {BOOTONCE_ANNOTATION} ({why}); retry the request"),
+        ),
+        _ => {
+            let hint = match owner {
+                // A VMI without a VirtualMachine has no runStrategy to set.
+                Owner::None => "remove it; to boot once, run the VMI from a VirtualMachine with spec.runStrategy: BootOnce",
+                _ => "set spec.runStrategy: BootOnce on the VirtualMachine instead",
+            };
+            j.deny(
+                CauseReason::FieldValueForbidden,
                 f,
-                format!("the owner VirtualMachine could not be read to verify the annotation {BOOTONCE_ANNOTATION} ({why}); retry the request"),
-            ),
-            _ => {
-                let hint = match owner {
-                    // A VMI without a VirtualMachine has no runStrategy to set.
-                    Owner::None => "remove it; to boot once, run the VMI from a VirtualMachine with spec.runStrategy: BootOnce",
-                    _ => "set spec.runStrategy: BootOnce on the VirtualMachine instead",
-                };
-                j.deny(
-                    CauseReason::FieldValueForbidden,
-                    f,
-                    format!("Forbidden: the annotation {BOOTONCE_ANNOTATION} is reserved for VMIs whose controller owner is a VirtualMachine with runStrategy BootOnce; {hint}"),
-                )
-            }
-        },
-        Operation::Update => {
-            let old_value = j.old.and_then(|o| annotation(o, &["metadata"]));
-            if old_value != value {
-                let what = match (old_value, value) {
-                    (None, _) => "added",
-                    (_, None) => "removed",
-                    _ => "changed",
-                };
-                j.deny(
-                    CauseReason::FieldValueForbidden,
-                    f,
-                    format!("Forbidden: the annotation {BOOTONCE_ANNOTATION} cannot be {what} on an existing VMI; it follows the VirtualMachine's runStrategy"),
-                );
-            }
-            let old_rp = j.old.and_then(|o| get(o, rp_path));
-            if j.old.is_some() && old_rp != rp {
-                let shown = rp.map_or_else(|| "null".to_owned(), Value::to_string);
-                j.deny(
-                    CauseReason::FieldValueInvalid,
-                    field(rp_path, &[]),
-                    format!("Invalid value: {shown}: field is immutable; rebootPolicy of a VMI cannot change while it exists, edit the VirtualMachine and restart it instead"),
-                );
-            }
+                format!("Forbidden: the annotation {BOOTONCE_ANNOTATION} is reserved for VMIs whose controller owner is a VirtualMachine with runStrategy BootOnce; {hint}"),
+            )
         }
-        _ => {}
+    }
+}
+
+/// Rule 7 for a VMI UPDATE by an untrusted requester: the annotation and
+/// rebootPolicy cannot change.
+fn vmi_immutable(j: &mut Judge<'_>) {
+    let value = j.facts.own_annotation();
+    let old_value = j.old.as_ref().and_then(Facts::own_annotation);
+    if old_value != value {
+        let what = match (old_value, value) {
+            (None, _) => "added",
+            (_, None) => "removed",
+            _ => "changed",
+        };
+        j.deny(
+            CauseReason::FieldValueForbidden,
+            VMI_ANNOTATIONS.to_owned(),
+            format!("Forbidden: the annotation {BOOTONCE_ANNOTATION} cannot be {what} on an existing VMI; it follows the VirtualMachine's runStrategy"),
+        );
+    }
+    let rp = j.facts.reboot_policy;
+    if j.old
+        .as_ref()
+        .is_some_and(|o| o.reboot_policy.value != rp.value)
+    {
+        let shown = rp.value.map_or_else(|| "null".to_owned(), Value::to_string);
+        j.deny(
+            CauseReason::FieldValueInvalid,
+            rp.field(),
+            format!("Invalid value: {shown}: field is immutable; rebootPolicy of a VMI cannot change while it exists, edit the VirtualMachine and restart it instead"),
+        );
     }
 }

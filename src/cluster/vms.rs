@@ -27,7 +27,7 @@ use kube::Api;
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
-use crate::admission::{RunStrategy, VmInfo, BOOTONCE, BOOTONCE_ANNOTATION};
+use crate::admission::{RunStrategy, VmInfo, BOOTONCE_ANNOTATION};
 use crate::metrics::{CacheLabels, Metrics};
 use crate::owners::{LookupError, VmSource};
 
@@ -73,16 +73,13 @@ impl kube::Resource for LeanVm {
 
 impl LeanVm {
     fn info(&self) -> VmInfo {
-        VmInfo {
-            uid: self.metadata.uid.clone(),
-            run_strategy: RunStrategy::parse(self.spec.run_strategy.as_deref()),
-            annotated: self
-                .metadata
-                .annotations
-                .as_ref()
+        VmInfo::from_fields(
+            self.metadata.uid.clone(),
+            self.spec.run_strategy.as_deref(),
+            (self.metadata.annotations.as_ref())
                 .and_then(|a| a.get(BOOTONCE_ANNOTATION))
-                .is_some_and(|v| v == BOOTONCE),
-        }
+                .map(String::as_str),
+        )
     }
 }
 

@@ -83,16 +83,15 @@ impl Spawned {
 
     /// Sends `signal` (e.g. `libc::SIGTERM`) to the process from this one.
     pub fn signal(&self, signal: libc::c_int) {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits");
-        // SAFETY: kill(2) with our own child's pid; it is not reaped before
-        // `self` drops, so the pid cannot have been reused.
-        let rc = unsafe { libc::kill(pid, signal) };
-        assert_eq!(
-            rc,
-            0,
-            "kill({pid}, {signal}): {}",
-            std::io::Error::last_os_error()
-        );
+        use rustix::process::{kill_process, Pid, Signal};
+        let pid = i32::try_from(self.child.id()).ok().and_then(Pid::from_raw);
+        let pid = pid.expect("a child's pid");
+        let sig = Signal::from_named_raw(signal).expect("a named signal");
+        // kill(2) with our own child's pid; it is not reaped before `self`
+        // drops, so the pid cannot have been reused.
+        if let Err(e) = kill_process(pid, sig) {
+            panic!("kill({}, {signal}): {e}", pid.as_raw_pid());
+        }
     }
 
     /// `https://localhost:PORT{path}` (the certificates name localhost).
