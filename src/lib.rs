@@ -12,6 +12,7 @@ pub mod cli;
 pub mod cluster;
 pub mod gates;
 pub mod health;
+pub mod linger;
 pub mod manifests;
 pub mod metrics;
 pub mod owners;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Request, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admission::review::{self, Review};
 use crate::admission::{Cause, CauseReason, Endpoint, Mode, Verdict};
 use crate::health::Readiness;
+use crate::linger::{self, Returning, Unread};
 use crate::metrics::{ErrorClass, Metrics};
 use crate::tls::TlsConfig;
 use crate::webhook::Webhook;
@@ -170,19 +171,57 @@ pub fn health_router(state: Arc<AppState>) -> Router {
 async fn validate(
     State(s): State<Arc<AppState>>,
     RawQuery(q): RawQuery,
+    version: Version,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    handle(&s, Endpoint::Validate, q.as_deref(), &headers, body).await
+    let answer = handle(&s, Endpoint::Validate, q.as_deref(), &headers, body).await;
+    answer.into_response(version)
 }
 
 async fn mutate(
     State(s): State<Arc<AppState>>,
     RawQuery(q): RawQuery,
+    version: Version,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    handle(&s, Endpoint::Mutate, q.as_deref(), &headers, body).await
+    let answer = handle(&s, Endpoint::Mutate, q.as_deref(), &headers, body).await;
+    answer.into_response(version)
+}
+
+/// A handler's answer, and whether it comes before the request body was
+/// read to its end.
+enum Answer {
+    Read(Response),
+    Early(Response),
+}
+
+impl Answer {
+    /// An early answer over HTTP/1.1 says `Connection: close`: the unread
+    /// rest of the body would otherwise be taken for the next request. The
+    /// connection then lingers (see [`crate::linger`]) so the client reads
+    /// it. HTTP/2 needs neither: the stream ends with the answer and a
+    /// RST_STREAM(NO_ERROR), and the connection lives on.
+    fn into_response(self, version: Version) -> Response {
+        match self {
+            Answer::Read(r) => r,
+            Answer::Early(mut r) => {
+                if version < Version::HTTP_2 {
+                    r.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                r
+            }
+        }
+    }
+}
+
+/// Whether hyper closes the connection after this answer.
+fn closes(r: &Response) -> bool {
+    r.headers()
+        .get(header::CONNECTION)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
 }
 
 /// A JSON error body shaped like a Kubernetes `Status`.
@@ -289,15 +328,15 @@ async fn handle(
     query: Option<&str>,
     headers: &HeaderMap,
     body: Body,
-) -> Response {
+) -> Answer {
     if let Err(msg) = is_json(headers) {
         s.metrics.error(ErrorClass::unsupported_media_type);
         tracing::warn!(endpoint = endpoint.as_str(), "{msg}");
-        return error(
+        return Answer::Early(error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "UnsupportedMediaType",
             msg,
-        );
+        ));
     }
     let too_large = || {
         s.metrics.error(ErrorClass::payload_too_large);
@@ -316,7 +355,7 @@ async fn handle(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
-        return too_large();
+        return Answer::Early(too_large());
     }
     // Answer a little before the API server gives up, so it gets our verdict
     // rather than applying failurePolicy.
@@ -328,7 +367,7 @@ async fn handle(
 
     let _permit = match admit(s, &s.limiter, 1, deadline, endpoint, "concurrency limit").await {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return Answer::Early(r),
     };
     // Bound the memory held by bodies: 64 reviews of 500 KB read at once
     // would hold 32 MiB of bodies alone, and the API server allows 7 MiB each.
@@ -336,7 +375,7 @@ async fn handle(
     let limit = "limit of request bytes in flight";
     let _body_permit = match admit(s, &s.body_budget, permits, deadline, endpoint, limit).await {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return Answer::Early(r),
     };
     s.metrics.in_flight.inc();
     let _in_flight = scopeguard(&s.metrics);
@@ -348,22 +387,22 @@ async fn handle(
             let limit = std::error::Error::source(&e)
                 .is_some_and(|src| src.is::<http_body_util::LengthLimitError>());
             if limit {
-                return too_large();
+                return Answer::Early(too_large());
             }
             s.metrics.error(ErrorClass::bad_request);
-            return error(
+            return Answer::Early(error(
                 StatusCode::BAD_REQUEST,
                 "BadRequest",
                 format!("could not read the request body: {e}"),
-            );
+            ));
         }
         Err(_) => {
             s.metrics.error(ErrorClass::deadline_exceeded);
-            return error(
+            return Answer::Early(error(
                 StatusCode::REQUEST_TIMEOUT,
                 "Timeout",
                 "the request body did not arrive before the deadline".into(),
-            );
+            ));
         }
     };
     let review: Review = match review::decode(&bytes) {
@@ -371,7 +410,7 @@ async fn handle(
         Err(e) => {
             s.metrics.error(ErrorClass::bad_request);
             tracing::warn!(endpoint = endpoint.as_str(), error = %e, "bad admission request");
-            return error(StatusCode::BAD_REQUEST, "BadRequest", e.to_string());
+            return Answer::Read(error(StatusCode::BAD_REQUEST, "BadRequest", e.to_string()));
         }
     };
     let response = match tokio::time::timeout_at(deadline, s.webhook.review(endpoint, &review))
@@ -385,14 +424,16 @@ async fn handle(
             review::response(&review.request.uid, &verdict)
         }
     };
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        review::encode(&review.api_version, &response),
+    Answer::Read(
+        (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            review::encode(&review.api_version, &response),
+        )
+            .into_response(),
     )
-        .into_response()
 }
 
 /// The answer when no decision came before the deadline: a "retry" denial,
@@ -504,7 +545,23 @@ async fn serve_tls(
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = TlsAcceptor::from(tls.current());
-        let service = TowerToHyperService::new(app.clone());
+        // Notes an answer that closes an HTTP/1.1 connection before its
+        // request body was read, so the connection lingers.
+        let unread = Unread::default();
+        let service = {
+            let (app, unread) = (app.clone(), unread.clone());
+            tower::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let (app, unread) = (app.clone(), unread.clone());
+                async move {
+                    let resp = tower::ServiceExt::oneshot(app, req).await?;
+                    if closes(&resp) {
+                        unread.mark();
+                    }
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
+            })
+        };
+        let service = TowerToHyperService::new(service);
         let watcher = graceful.watcher();
         let state = state.clone();
         tokio::spawn(async move {
@@ -546,11 +603,18 @@ async fn serve_tls(
                 // connection window keep every admitted stream moving.
                 .initial_stream_window_size(H2_STREAM_WINDOW)
                 .initial_connection_window_size(H2_STREAM_WINDOW * H2_MAX_STREAMS);
+            let (stream, mut back) = Returning::new(stream);
             let conn = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .into_owned();
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            if unread.is_marked() {
+                if let Ok(tls) = back.try_recv() {
+                    let discarded = linger::linger(tls).await;
+                    tracing::debug!(%peer, discarded, "lingering close done");
+                }
             }
         });
     }
