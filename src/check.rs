@@ -131,10 +131,10 @@ pub fn run(args: CheckArgs) -> ExitCode {
 fn run_inner(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let mut docs: Vec<Document> = Vec::new();
     for f in &args.files {
-        docs.extend(manifests::read_file(f)?);
+        docs.extend(manifests::read_path(f, args.recursive)?);
     }
     let mut vms = match &args.objects {
-        Some(dir) => StaticVms::from_dir(dir)?,
+        Some(path) => StaticVms::from_path(path, args.recursive)?,
         None => StaticVms::default(),
     };
     // VMs next to their VMIs in the same files are owners too.

@@ -194,9 +194,12 @@ pub struct CheckArgs {
         default_value = "RecreateVMIOnReboot"
     )]
     pub feature_gates: String,
-    /// Directory of VirtualMachine manifests that VMIs may be owned by.
+    /// VirtualMachine manifests (a directory or a file) that VMIs may be owned by.
     #[arg(long, env = "REBOOT_WEBHOOK_OBJECTS")]
     pub objects: Option<PathBuf>,
+    /// Also read the subdirectories of directories given (as `kubectl apply -R`).
+    #[arg(short = 'R', long)]
+    pub recursive: bool,
     /// Judge the objects as created by this user.
     #[arg(long = "as", default_value = "kubernetes-admin")]
     pub user: String,
@@ -208,7 +211,8 @@ pub struct CheckArgs {
     /// Output format: human text or the AdmissionResponses as JSON.
     #[arg(long, short = 'o', value_enum, default_value_t)]
     pub output: Output,
-    /// Manifest files (YAML or JSON, multi-document); `-` reads stdin.
+    /// Manifest files or directories (YAML or JSON, multi-document; in a
+    /// directory the *.yaml, *.yml and *.json files); `-` reads stdin.
     #[arg(required = true)]
     pub files: Vec<PathBuf>,
 }

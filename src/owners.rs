@@ -56,8 +56,14 @@ impl StaticVms {
     /// Reads every `.yaml`, `.yml` and `.json` file in `dir` (not recursive)
     /// and keeps the VirtualMachines.
     pub fn from_dir(dir: &Path) -> Result<Self, manifests::Error> {
+        Self::from_path(dir, false)
+    }
+
+    /// Like [`from_dir`](Self::from_dir) for a directory (with its
+    /// subdirectories if `recursive`) or a single file.
+    pub fn from_path(path: &Path, recursive: bool) -> Result<Self, manifests::Error> {
         let mut vms = StaticVms::default();
-        for doc in manifests::read_dir(dir)? {
+        for doc in manifests::read_path(path, recursive)? {
             vms.insert(&doc.value);
         }
         Ok(vms)
