@@ -57,7 +57,8 @@ pub struct ErrorLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LookupLabels {
-    /// `cache`, `api`, `not_found`, `error`
+    /// `cache`, `api`, `not_found`, `error`, `stale_cache` (the watch was
+    /// not live and the API could not be read)
     pub result: &'static str,
 }
 
@@ -77,6 +78,8 @@ pub struct Metrics {
     pub gate_enabled: Gauge,
     pub cache_synced: Family<CacheLabels, Gauge>,
     pub vm_cache_objects: Gauge,
+    pub vm_cache_stale: Gauge,
+    pub vm_cache_stale_since: Gauge<f64, AtomicU64>,
     pub cert_expiry: Gauge<f64, AtomicU64>,
     pub in_flight: Gauge,
 }
@@ -139,6 +142,18 @@ impl Metrics {
             "VirtualMachines held in the owner cache",
             vm_cache_objects.clone(),
         );
+        let vm_cache_stale = Gauge::default();
+        registry.register(
+            "vm_cache_stale",
+            "1 while the VirtualMachine watch is not live (failed, backing off or relisting): VMI CREATEs then read owners from the API",
+            vm_cache_stale.clone(),
+        );
+        let vm_cache_stale_since = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "vm_cache_stale_since_timestamp_seconds",
+            "When the VirtualMachine cache became stale, as a Unix timestamp; 0 while live",
+            vm_cache_stale_since.clone(),
+        );
         let cert_expiry = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "certificate_expiry_timestamp_seconds",
@@ -161,6 +176,8 @@ impl Metrics {
             gate_enabled,
             cache_synced,
             vm_cache_objects,
+            vm_cache_stale,
+            vm_cache_stale_since,
             cert_expiry,
             in_flight,
         }

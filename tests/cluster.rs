@@ -630,3 +630,71 @@ async fn relist_after_410_converges_without_loss_or_duplicates() {
     c.wait_cached_vms(N as usize).await;
     assert_eq!(c.fake.len(Res::Vm), N as usize);
 }
+
+// 8. While the VM watch is not live, a cache hit may be wrong: changes made
+//    during an outage (history expired, so the watch cannot replay them)
+//    are honoured by the first VMI CREATE after the API returns, and come
+//    from the cache again within 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_during_an_outage_are_honoured_at_once_and_cached_within_5s() {
+    const STALE: &str = "kubevirt_reboot_webhook_vm_cache_stale";
+    for mode in [Down::Refuse, Down::Unavailable] {
+        let fake = FakeApi::start().await;
+        fake.apply(Res::Vm, vm("tenant-a", "flip", 1, "Always"));
+        fake.apply(Res::Vm, vm("tenant-a", "doomed", 2, "BootOnce"));
+        let c = Cluster::ready(fake).await;
+        c.wait_cached_vms(2).await;
+        assert_eq!(c.server.metric(STALE).await, 0.0, "{mode:?}");
+
+        let down = Instant::now();
+        c.fake.set_down(mode);
+        // An Always VM switched to BootOnce, a BootOnce VM deleted, a new
+        // one: none of it reaches the watch.
+        c.fake
+            .apply_silently(Res::Vm, vm("tenant-a", "flip", 1, "BootOnce"));
+        c.fake.delete_silently(Res::Vm, "tenant-a", "doomed");
+        c.fake
+            .apply_silently(Res::Vm, vm("tenant-a", "fresh", 3, "BootOnce"));
+        c.fake.force_gone_next_watch(Res::Vm);
+        eventually("the cache knows it is stale", WAIT, || async {
+            c.server.metric(STALE).await == 1.0
+        })
+        .await;
+        let since = c
+            .server
+            .metric("kubevirt_reboot_webhook_vm_cache_stale_since_timestamp_seconds")
+            .await;
+        assert!(since > 1.7e9, "{mode:?}: stale since {since}");
+        // While the API is down the last known state is all there is.
+        let stale_hits = c.lookups("stale_cache").await;
+        assert_no_patch(&c.mutate_vmi("tenant-a", "flip", &uid(1)).await);
+        assert_eq!(c.lookups("stale_cache").await, stale_hits + 1.0);
+        tokio::time::sleep(Duration::from_secs(2).saturating_sub(down.elapsed())).await;
+
+        c.fake.set_down(Down::Up);
+        let up = Instant::now();
+        // The first VMI CREATEs after: each owner as the API has it now.
+        assert_bootonce_patch(&c.mutate_vmi("tenant-a", "flip", &uid(1)).await);
+        assert_no_patch(&c.mutate_vmi("tenant-a", "doomed", &uid(2)).await);
+        assert_bootonce_patch(&c.mutate_vmi("tenant-a", "fresh", &uid(3)).await);
+
+        // And soon from the cache again, without GETs.
+        eventually(
+            "owners from the cache again",
+            Duration::from_secs(5),
+            || async {
+                let gets = c.fake.count(Some(Verb::Get), None);
+                let flip = c.mutate_vmi("tenant-a", "flip", &uid(1)).await;
+                let fresh = c.mutate_vmi("tenant-a", "fresh", &uid(3)).await;
+                assert_bootonce_patch(&flip);
+                assert_bootonce_patch(&fresh);
+                c.fake.count(Some(Verb::Get), None) == gets
+            },
+        )
+        .await;
+        assert!(up.elapsed() < Duration::from_secs(5), "{mode:?}");
+        assert_eq!(c.server.metric(STALE).await, 0.0, "{mode:?}");
+        // The deleted VM is gone from the cache: a GET that finds nothing.
+        assert_no_patch(&c.mutate_vmi("tenant-a", "doomed", &uid(2)).await);
+    }
+}

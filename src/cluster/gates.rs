@@ -35,7 +35,8 @@ pub fn spawn(
     let out = flag.clone();
     let namespace = namespace.to_owned();
     tokio::spawn(async move {
-        let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+        let backoff = watcher::ExponentialBackoff::from(super::reconnect_backoff());
+        let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).backoff(backoff));
         let mut current: HashMap<String, bool> = HashMap::new();
         let mut relisting: Option<HashMap<String, bool>> = None;
         let mut said_missing = false;

@@ -4,6 +4,8 @@
 pub mod gates;
 pub mod vms;
 
+use std::time::Duration;
+
 use hyper::{Request, Response};
 use kube::client::retry::RetryPolicy;
 use kube::client::{Body, ClientBuilder};
@@ -11,11 +13,45 @@ use tower::buffer::BufferLayer;
 use tower::retry::{Policy, RetryLayer};
 use tower::BoxError;
 
+/// Delays between attempts to reconnect a failed watch (VirtualMachines,
+/// KubeVirt).
+///
+/// kube-runtime's default (client-go's: from 0.8 s, doubling up to 30 s)
+/// spares a struggling API server, but after a 2 s outage it left the VM
+/// cache stale for more than 12 s. Being stale is safe (lookups go to the
+/// API) but costs a GET per VMI CREATE, and a gate change waits for the
+/// watch; so reconnect promptly: 0.2 s doubling to a cap of 1.5 s, each
+/// delay plus a random 0-100 % so the replicas do not retry in step; no
+/// wait is longer than [`MAX_RECONNECT_DELAY`]. While the API is down this
+/// costs it one failed list or watch call per replica and watch every
+/// 1.5-3 s, which is cheap next to the one relist that succeeds.
+pub fn reconnect_backoff() -> backon::ExponentialBuilder {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_factor(2.0)
+        .with_max_delay(Duration::from_millis(1500))
+        .with_jitter()
+        .without_max_times()
+}
+
+/// The longest [`reconnect_backoff`] delay.
+pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(3);
+
+/// kube's retries of 429/503/504 answers for list and watch calls: a few,
+/// within about 3 s. kube's own policy (15 tries, doubling from 5 ms
+/// without a useful cap) kept one list call retrying for minutes during an
+/// outage, so the watch came back long after the API server did. Past
+/// these, the watch fails and reconnects with [`reconnect_backoff`].
+fn server_retry() -> RetryPolicy {
+    RetryPolicy::new(Duration::from_millis(100), Duration::from_secs(1), 5, true)
+        .unwrap_or_else(|_| RetryPolicy::server_retry())
+}
+
 /// A client from `kubeconfig` if given, else in-cluster config, else
 /// `KUBECONFIG` / `~/.kube/config`.
 ///
-/// kube's default stack retries 429/503/504 answers up to 15 times with
-/// backoff. That suits the watchers' list pages, but not the single GET of
+/// The stack retries 429/503/504 answers a few times (see
+/// [`server_retry`]). That suits the watchers' list pages, but not the single GET of
 /// an owner missing from the cache: it runs inside an admission review with
 /// a deadline of a few seconds, so an overloaded API server would get a burst
 /// of GETs per review and the review would run into its deadline anyway.
@@ -34,13 +70,11 @@ pub async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube
     Ok(ClientBuilder::try_from(config)?
         // The retry layer needs a cloneable service below it.
         .with_layer(&BufferLayer::new(1024))
-        .with_layer(&RetryLayer::new(
-            NoRetryForGets(RetryPolicy::server_retry()),
-        ))
+        .with_layer(&RetryLayer::new(NoRetryForGets(server_retry())))
         .build())
 }
 
-/// kube's server retry policy, except for `get` requests.
+/// [`server_retry`], except for `get` requests.
 #[derive(Clone)]
 struct NoRetryForGets(RetryPolicy);
 

@@ -8,25 +8,34 @@
 //!
 //! Relists (after a 410 or an outage) update entries in place and mark them
 //! with the relist's generation; when the relist completes, entries it did not
-//! see are swept. Lookups keep being served from the previous state meanwhile,
-//! and memory does not double.
+//! see are swept. Memory does not double.
+//!
+//! The cache knows whether its watch is live: from the end of a list until
+//! the watch fails. Any failure ends the watcher and a fresh one relists, as
+//! client-go's reflector does, because kube-runtime's watcher resumes a
+//! failed watch without telling whether or when it got through. While the
+//! watch is not live (failed, backing off, relisting) a hit may be wrong
+//! about a VM that changed meanwhile, so a lookup reads the VM from the API
+//! and falls back to the cached entry only if that read fails.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
+use backon::BackoffBuilder;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::NamespaceResourceScope;
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
 use kube::Api;
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
+use super::{reconnect_backoff, MAX_RECONNECT_DELAY};
 use crate::admission::{RunStrategy, VmInfo, BOOTONCE_ANNOTATION};
 use crate::metrics::{CacheLabels, Metrics};
 use crate::owners::{LookupError, VmSource};
@@ -161,6 +170,10 @@ pub struct VmCache {
     client: kube::Client,
     store: RwLock<Namespaces>,
     metrics: Arc<Metrics>,
+    /// Watches (one per scope) that are not live; lookups read it.
+    stale_watches: AtomicUsize,
+    /// Per scope: since when its watch is not live.
+    stale_since: Mutex<Vec<Option<(Instant, SystemTime)>>>,
 }
 
 impl VmCache {
@@ -172,18 +185,24 @@ impl VmCache {
         metrics: Arc<Metrics>,
         ready: Arc<AtomicBool>,
     ) -> Arc<VmCache> {
-        let cache = Arc::new(VmCache {
-            client: client.clone(),
-            store: RwLock::new(HashMap::new()),
-            metrics,
-        });
         let scopes: Vec<Option<String>> = if namespaces.is_empty() {
             vec![None]
         } else {
             namespaces.into_iter().map(Some).collect()
         };
+        // Not live until the first list completes.
+        let now = (Instant::now(), SystemTime::now());
+        metrics.vm_cache_stale.set(1);
+        metrics.vm_cache_stale_since.set(unix_seconds(now.1));
+        let cache = Arc::new(VmCache {
+            client: client.clone(),
+            store: RwLock::new(HashMap::new()),
+            metrics,
+            stale_watches: AtomicUsize::new(scopes.len()),
+            stale_since: Mutex::new(vec![Some(now); scopes.len()]),
+        });
         let pending = Arc::new(std::sync::atomic::AtomicUsize::new(scopes.len()));
-        for scope in scopes {
+        for (index, scope) in scopes.into_iter().enumerate() {
             let api: Api<LeanVm> = match &scope {
                 Some(ns) => Api::namespaced(client.clone(), ns),
                 None => Api::all(client.clone()),
@@ -191,7 +210,7 @@ impl VmCache {
             let cache = cache.clone();
             let ready = ready.clone();
             let pending = pending.clone();
-            tokio::spawn(async move { cache.run_watch(api, scope, ready, pending).await });
+            tokio::spawn(async move { cache.run_watch(api, index, scope, ready, pending).await });
         }
         cache
     }
@@ -199,15 +218,15 @@ impl VmCache {
     async fn run_watch(
         self: Arc<Self>,
         api: Api<LeanVm>,
+        index: usize,
         scope: Option<String>,
         ready: Arc<AtomicBool>,
-        pending: Arc<std::sync::atomic::AtomicUsize>,
+        pending: Arc<AtomicUsize>,
     ) {
-        let mut stream =
-            std::pin::pin!(watcher::watcher(api, watcher::Config::default()).default_backoff());
         let mut generation = 0u32;
         let mut synced = false;
         let mut last_error = String::new();
+        let mut backoff = reconnect_backoff().build();
         let synced_gauge = self
             .metrics
             .cache_synced
@@ -215,46 +234,95 @@ impl VmCache {
                 cache: "virtualmachines",
             })
             .clone();
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(Event::Init) => {
-                    generation = generation.wrapping_add(1);
-                    tracing::debug!(scope = ?scope, generation, "VirtualMachine list started");
-                }
-                Ok(Event::InitApply(vm)) | Ok(Event::Apply(vm)) => {
-                    if self.upsert(&vm, generation) {
-                        self.metrics.vm_cache_objects.inc();
+        loop {
+            // No backoff inside: the first error ends this watcher.
+            let mut stream =
+                std::pin::pin!(watcher::watcher(api.clone(), watcher::Config::default()));
+            let error = loop {
+                let Some(event) = stream.next().await else {
+                    break "the watch stream ended".to_owned();
+                };
+                match event {
+                    Ok(Event::Init) => {
+                        generation = generation.wrapping_add(1);
+                        tracing::debug!(scope = ?scope, generation, "VirtualMachine list started");
                     }
-                }
-                Ok(Event::InitDone) => {
-                    let swept = self.sweep(scope.as_deref(), generation);
-                    let count = self.len();
-                    self.metrics.vm_cache_objects.set(count as i64);
-                    tracing::info!(scope = ?scope, count, swept, "VirtualMachine cache synced");
-                    if !synced {
-                        synced = true;
-                        if pending.fetch_sub(1, Ordering::SeqCst) == 1 {
-                            ready.store(true, Ordering::SeqCst);
-                            synced_gauge.set(1);
+                    Ok(Event::InitApply(vm)) | Ok(Event::Apply(vm)) => {
+                        if self.upsert(&vm, generation) {
+                            self.metrics.vm_cache_objects.inc();
                         }
                     }
-                }
-                Ok(Event::Delete(vm)) => {
-                    if self.remove(&vm) {
-                        self.metrics.vm_cache_objects.dec();
+                    Ok(Event::InitDone) => {
+                        let swept = self.sweep(scope.as_deref(), generation);
+                        let count = self.len();
+                        self.metrics.vm_cache_objects.set(count as i64);
+                        let stale_for = self.live(index);
+                        if synced {
+                            tracing::info!(scope = ?scope, count, swept, stale_for = ?stale_for.unwrap_or_default(), "VirtualMachine cache live again; owners come from the cache");
+                        } else {
+                            tracing::info!(scope = ?scope, count, swept, "VirtualMachine cache synced");
+                            synced = true;
+                            if pending.fetch_sub(1, Ordering::SeqCst) == 1 {
+                                ready.store(true, Ordering::SeqCst);
+                                synced_gauge.set(1);
+                            }
+                        }
+                        backoff = reconnect_backoff().build();
+                        last_error.clear();
                     }
-                }
-                Err(e) => {
-                    let msg = e.to_string();
-                    if msg != last_error {
-                        tracing::warn!(error = %msg, scope = ?scope, "watching VirtualMachines failed; retrying with backoff, serving the last known state");
-                        last_error = msg;
+                    Ok(Event::Delete(vm)) => {
+                        if self.remove(&vm) {
+                            self.metrics.vm_cache_objects.dec();
+                        }
                     }
-                    continue;
+                    Err(e) => break e.to_string(),
                 }
+            };
+            if self.stale(index) {
+                tracing::warn!(error = %error, scope = ?scope, "VirtualMachine cache is stale: watching failed; VMI CREATEs read their owner from the API until the watch is live again");
+            } else if error != last_error {
+                tracing::warn!(error = %error, scope = ?scope, "watching VirtualMachines still fails; retrying");
             }
-            last_error.clear();
+            last_error = error;
+            let delay = backoff.next().unwrap_or(MAX_RECONNECT_DELAY);
+            tokio::time::sleep(delay).await;
         }
+    }
+
+    /// Marks the watch of scope `index` not live; true if it was live.
+    fn stale(&self, index: usize) -> bool {
+        let mut since = self.stale_since.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(slot) = since.get_mut(index) else {
+            return false;
+        };
+        if slot.is_some() {
+            return false;
+        }
+        let now = (Instant::now(), SystemTime::now());
+        *slot = Some(now);
+        if self.stale_watches.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.metrics.vm_cache_stale.set(1);
+            self.metrics.vm_cache_stale_since.set(unix_seconds(now.1));
+        }
+        true
+    }
+
+    /// Marks the watch of scope `index` live; how long it was not.
+    fn live(&self, index: usize) -> Option<Duration> {
+        let mut since = self.stale_since.lock().unwrap_or_else(|e| e.into_inner());
+        let (began, _) = since.get_mut(index)?.take()?;
+        if self.stale_watches.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.metrics.vm_cache_stale.set(0);
+            self.metrics.vm_cache_stale_since.set(0.0);
+        } else if let Some(oldest) = since.iter().flatten().map(|(_, t)| *t).min() {
+            self.metrics.vm_cache_stale_since.set(unix_seconds(oldest));
+        }
+        Some(began.elapsed())
+    }
+
+    /// Whether every watch is live, so cache hits can be trusted.
+    pub fn is_live(&self) -> bool {
+        self.stale_watches.load(Ordering::SeqCst) == 0
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Namespaces> {
@@ -358,12 +426,16 @@ impl VmSource for VmCache {
         namespace: &'a str,
         name: &'a str,
     ) -> BoxFuture<'a, Result<Option<VmInfo>, LookupError>> {
-        if let Some(vm) = self.cached(namespace, name) {
+        let cached = self.cached(namespace, name);
+        let live = self.is_live();
+        if let (Some(vm), true) = (&cached, live) {
             self.metrics.lookup("cache");
-            return Box::pin(std::future::ready(Ok(Some(vm))));
+            return Box::pin(std::future::ready(Ok(Some(vm.clone()))));
         }
         Box::pin(async move {
-            // A VM created a moment ago may not have reached the watch yet.
+            // A miss: a VM created a moment ago may not have reached the
+            // watch yet. A hit while the watch is not live: the VM may have
+            // changed since.
             let api: Api<LeanVm> = Api::namespaced(self.client.clone(), namespace);
             match api.get_opt(name).await {
                 Ok(Some(vm)) => {
@@ -374,20 +446,49 @@ impl VmSource for VmCache {
                     self.metrics.lookup("not_found");
                     Ok(None)
                 }
-                Err(e) => {
-                    self.metrics.lookup("error");
-                    Err(LookupError(format!(
-                        "VirtualMachine {namespace}/{name} is not cached and reading it from the Kubernetes API failed: {e}"
-                    )))
-                }
+                Err(e) => match cached {
+                    // The API is still unreachable: the last known state.
+                    Some(vm) => {
+                        self.metrics.lookup("stale_cache");
+                        tracing::debug!(%namespace, %name, error = %e, "owner from the stale cache: the API cannot be read");
+                        Ok(Some(vm))
+                    }
+                    None => {
+                        self.metrics.lookup("error");
+                        Err(LookupError(format!(
+                            "VirtualMachine {namespace}/{name} is not cached and reading it from the Kubernetes API failed: {e}"
+                        )))
+                    }
+                },
             }
         })
     }
 }
 
+/// Seconds since the Unix epoch.
+fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reconnect_delays_grow_and_stay_capped() {
+        let delays: Vec<Duration> = reconnect_backoff().build().take(50).collect();
+        assert!(delays[0] >= Duration::from_millis(200) && delays[0] < Duration::from_millis(400));
+        assert!(
+            delays.iter().all(|d| *d <= MAX_RECONNECT_DELAY),
+            "{delays:?}"
+        );
+        assert!(delays[10..]
+            .iter()
+            .all(|d| *d >= Duration::from_millis(1500)));
+        // Jittered: not all the same once capped.
+        assert!(delays[10..].windows(2).any(|w| w[0] != w[1]));
+    }
 
     #[test]
     fn lean_decoding_keeps_only_what_decisions_need() {
