@@ -127,12 +127,14 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/validate", post(validate))
         .route("/mutate", post(mutate))
-        .fallback(|| async {
-            error(
+        .fallback(|version: Version| async move {
+            // The body, if any, is not read: an early answer.
+            Answer::Early(error(
                 StatusCode::NOT_FOUND,
                 "NotFound",
                 "the webhook serves POST /validate and POST /mutate".into(),
-            )
+            ))
+            .into_response(version)
         })
         .with_state(state)
 }

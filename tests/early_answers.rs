@@ -76,8 +76,12 @@ fn cases() -> [(&'static str, usize, u16, &'static str); 2] {
 }
 
 fn head(content_type: &str, length: usize) -> String {
+    head_to("/validate", content_type, length)
+}
+
+fn head_to(path: &str, content_type: &str, length: usize) -> String {
     format!(
-        "POST /validate HTTP/1.1\r\nHost: localhost\r\nContent-Type: {content_type}\r\nContent-Length: {length}\r\n\r\n"
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: {content_type}\r\nContent-Length: {length}\r\n\r\n"
     )
 }
 
@@ -181,6 +185,16 @@ async fn http1_client_sending_everything_first_gets_the_early_answer() {
         assert!(matches!(read, Ok(Ok(_))), "{want}: {read:?}");
         assert_answer(&format!("{want} (sending first)"), &raw, want, message);
     }
+    // A wrong path is answered early too.
+    let len = 4 * MIB;
+    let mut tls = connect(&server, b"http/1.1").await;
+    tls.write_all(head_to("/admit", "application/json", len).as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(write_body(&mut tls, len).await, (len, None), "404");
+    let mut raw = Vec::new();
+    tls.read_to_end(&mut raw).await.unwrap();
+    assert_answer("404", &raw, 404, "serves POST /validate and POST /mutate");
     // And the server goes on serving.
     let (status, _) = server.post("/validate", &review()).await;
     assert_eq!(status, 200);
