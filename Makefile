@@ -19,6 +19,7 @@ HELM_VERSION := $(call gomod_version,helm.sh/helm/v3)
 HELM_K8S_MINOR := $(word 2,$(subst ., ,$(call gomod_version,k8s.io/client-go)))
 HELM_CACHE   ?= $(or $(KRW_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/kubevirt-reboot-webhook)/helm-$(HELM_VERSION)
 HELM_BIN     := $(HELM_CACHE)/helm
+SOAK_SECONDS ?= 600
 
 .PHONY: help run test lint fixtures certs build release manifests deploy undeploy bench bench-scale soak fuzz e2e e2e-build clean helm
 
@@ -95,7 +96,7 @@ bench-scale: ## VM cache at 10,000 and 100,000 VMs against the fake API server
 	$(CARGO) test --locked --release --test scale -- --ignored --nocapture --test-threads 1
 
 soak: ## Long mixed-load run against the fake API (SOAK_SECONDS, default 600); fails on errors or growth
-	SOAK_SECONDS=$${SOAK_SECONDS:-600} $(CARGO) test --locked --release --test soak -- --ignored --nocapture --test-threads 1
+	SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test --locked --release --test soak -- --ignored --nocapture --test-threads 1
 
 fuzz: ## Fuzz request decoding and the decisions for a bounded time (FUZZ_SECONDS, default 60)
 	$(MAKE) --no-print-directory -C fuzz run
