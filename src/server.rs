@@ -200,10 +200,11 @@ enum Answer {
 }
 
 impl Answer {
-    /// An early answer over HTTP/1.1 says `Connection: close`: the unread
-    /// rest of the body would otherwise be taken for the next request. The
+    /// An early answer over HTTP/1.1 says `Connection: close`: the
+    /// connection cannot carry another request (the unread rest of the body
+    /// is in the way), and the client should know before it tries. The
     /// connection then lingers (see [`crate::linger`]) so the client reads
-    /// it. HTTP/2 needs neither: the stream ends with the answer and a
+    /// the answer. HTTP/2 needs neither: the stream ends with the answer and a
     /// RST_STREAM(NO_ERROR), and the connection lives on.
     fn into_response(self, version: Version) -> Response {
         match self {
