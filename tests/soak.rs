@@ -30,7 +30,7 @@ mod support;
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,7 +40,7 @@ use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, 
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{json, Value};
 use support::fake_api::{kubevirt_cr, realistic_vm, uid, Down, FakeApi, Options, Res};
-use support::{fixtures, free_port, read_json};
+use support::{fixtures, read_json, Spawned};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -175,17 +175,10 @@ impl Ca {
     }
 }
 
-/// The spawned server; killed when dropped.
+/// The spawned server (killed when dropped) and its log.
 struct Server {
-    child: Child,
+    proc: Spawned,
     log: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Server {
@@ -599,12 +592,11 @@ async fn soak() {
     let mut ca = Ca::new(dir.path());
     let ca_pem = ca.pem();
     let kubeconfig = fake.kubeconfig();
-    let (port, metrics_port) = (free_port(), free_port());
     let log = dir.path().join("server.log");
-    let child = Command::new(env!("CARGO_BIN_EXE_kubevirt-reboot-webhook"))
-        .arg("serve")
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubevirt-reboot-webhook"));
+    cmd.arg("serve")
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", "127.0.0.1:0"])
         .arg("--tls-cert")
         .arg(dir.path().join("tls.crt"))
         .arg("--tls-key")
@@ -615,15 +607,16 @@ async fn soak() {
         .args(["--shutdown-delay", "0s"])
         .env("RUST_LOG", "warn,kubevirt_reboot_webhook::cluster=info")
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("spawn the server");
-    let mut server = Server { child, log };
-    let pid = server.child.id();
-    let metrics_base = format!("http://127.0.0.1:{metrics_port}");
-    let base = format!("https://localhost:{port}");
-    let addr = format!("127.0.0.1:{port}");
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut server = Server {
+        proc: Spawned::start(&mut cmd, Duration::from_secs(60)),
+        log,
+    };
+    let pid = server.proc.id();
+    let metrics_base = format!("http://{}", server.proc.metrics_addr);
+    let base = server.proc.url("");
+    let addr = server.proc.addr.to_string();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let ready_by = Instant::now() + Duration::from_secs(30);
     loop {
@@ -667,7 +660,7 @@ async fn soak() {
     eprintln!("     t      RSS   fds  threads  in-flight  stale");
     while start.elapsed() < duration {
         let now = start.elapsed();
-        if let Ok(Some(status)) = server.child.try_wait() {
+        if let Ok(Some(status)) = server.proc.child.try_wait() {
             panic!("the server exited ({status}):\n{}", server.log_tail());
         }
         if now >= next_sample {
