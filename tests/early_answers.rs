@@ -5,6 +5,10 @@
 //! one that sends everything before it reads (like Python's http.client);
 //! over HTTP/2 as a complete stream on a connection that lives on.
 
+// A panic here is a failed test; Cargo.toml denies unwrap/expect in product
+// code, and clippy.toml's test exemption misses integration-test helpers.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::sync::Arc;
