@@ -142,7 +142,14 @@ scenario_watches() {
   etcd_call /v3/kv/compaction "{\"revision\":\"$rev\",\"physical\":true}" >/dev/null
   log "  etcd compacted at revision $rev; kube-apiserver back"
   start_apiserver
-  wait_until 60 "the webhook's VM watch to meet 410 Gone and relist" grep -qE 'watching VirtualMachines failed.*too old resource version' "$W/logs/webhook.log"
+  # The KubeVirt watch resumes from its last resourceVersion, now compacted
+  # away, and meets the API server's own 410 Gone; the VM cache relists
+  # after any watch failure (it does not trust a resumed watch) and says when
+  # it is live again.
+  wait_until 60 "the KubeVirt watch to meet 410 Gone" \
+    grep -qE 'watching KubeVirt resources failed.*too old resource version: [0-9]+ \([0-9]+\): Expired' "$W/logs/webhook.log"
+  wait_until 60 "the VM cache to be live again after the restart" \
+    grep -q 'VirtualMachine cache live again' "$W/logs/webhook.log"
 
   vmi fleet outage-new outage-new | k create --as="$CONTROLLER" -f - >/dev/null
   expect_eq "$(stored_vmi fleet outage-new)" "BootOnce|Terminate" "VMI of a BootOnce VM created during the outage"
