@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use promql_parser::parser::{self, Expr, LabelModifier};
 use serde_json::{json, Value};
 use support::fake_api::{kubevirt_cr, realistic_vm, FakeApi, Res};
-use support::{serve_command, Certs, Spawned};
+use support::{post_json, serve_command, Certs, Spawned};
 
 /// Labels Prometheus attaches to every scraped series (target labels of the
 /// ServiceMonitor: job, namespace, pod, service, container, endpoint, instance).
@@ -386,22 +386,6 @@ impl Webhook {
     }
 }
 
-async fn post(client: &reqwest::Client, url: &str, body: String) -> (u16, Value) {
-    let resp = client
-        .post(url)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .expect("request");
-    let status = resp.status().as_u16();
-    let text = resp.text().await.expect("body");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
 fn review(kind: &str, operation: &str, object: Value) -> String {
     json!({
         "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
@@ -465,7 +449,7 @@ async fn live_metrics() -> String {
     let base = format!("https://localhost:{port}");
     let mut bad_vm = realistic_vm("vms", "bad", "vm-uid-2", "Always");
     bad_vm["spec"]["template"]["spec"]["domain"]["rebootPolicy"] = json!("terminate");
-    let (status, denied) = post(
+    let (status, denied) = post_json(
         &client,
         &format!("{base}/validate"),
         review("VirtualMachine", "CREATE", bad_vm),
@@ -483,7 +467,7 @@ async fn live_metrics() -> String {
             "uid": "vm-uid-1", "controller": true}]},
         "spec": {"domain": {"devices": {}}},
     });
-    let (status, stamped) = post(
+    let (status, stamped) = post_json(
         &client,
         &format!("{base}/mutate"),
         review("VirtualMachineInstance", "CREATE", vmi),
@@ -494,7 +478,7 @@ async fn live_metrics() -> String {
         stamped["response"]["patch"].is_string(),
         "not stamped: {stamped}"
     );
-    let (status, _) = post(&client, &format!("{base}/validate"), "not json".into()).await;
+    let (status, _) = post_json(&client, &format!("{base}/validate"), "not json".into()).await;
     assert_eq!(status, 400);
 
     let text = http

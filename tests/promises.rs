@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::fake_api::{kubevirt_cr, realistic_vm, uid, Down, FakeApi, Res};
-use support::{fixtures, metric, read_json, serve_command, tls_post, wait_until, Certs, Spawned};
+use support::{
+    fixtures, metric, post_json, read_json, serve_command, tls_post, wait_until, Certs, Spawned,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// `serve` with `args` and `env` (every other `REBOOT_WEBHOOK_*` variable
@@ -39,19 +41,21 @@ fn objects() -> String {
 
 /// POSTs `body` as JSON; the status and the parsed answer.
 async fn post(certs: &Certs, url: &str, body: &Value) -> (u16, Value) {
-    let resp = support::client(&certs.ca_pem, false)
-        .post(url)
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("request");
-    let status = resp.status().as_u16();
-    let text = resp.text().await.expect("body");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    post_json(
+        &support::client(&certs.ca_pem, false),
+        url,
+        body.to_string(),
     )
+    .await
+}
+
+/// Waits until the server's `/readyz` answers 200.
+async fn ready(server: &Spawned) {
+    let url = server.metrics_url("/readyz");
+    wait_until("ready", Duration::from_secs(30), || async {
+        reqwest_status(&url).await.0 == 200
+    })
+    .await;
 }
 
 /// Every fixture of `dir` with its endpoint and expected answer.
@@ -441,11 +445,7 @@ async fn the_deployments_args_start_the_server() {
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     let server = Spawned::start(&mut cmd, Duration::from_secs(30));
-    let url = server.metrics_url("/readyz");
-    wait_until("ready", Duration::from_secs(30), || async {
-        reqwest_status(&url).await.0 == 200
-    })
-    .await;
+    ready(&server).await;
     let review = read_json(&fixtures().join("gate-on/02-vm-lowercase-terminate.validate.json"));
     let (_, got) = post(&certs, &server.url("/validate"), &review).await;
     assert_eq!(got["response"]["allowed"], false, "{got}");
@@ -715,11 +715,7 @@ async fn every_error_class_counts_its_failure() {
         ],
         &[],
     );
-    let url = server.metrics_url("/readyz");
-    wait_until("ready", Duration::from_secs(30), || async {
-        reqwest_status(&url).await.0 == 200
-    })
-    .await;
+    ready(&server).await;
     let mut want = vec![0.0; ERROR_CLASSES.len()];
     assert_eq!(error_counts(&server).await, want, "{ERROR_CLASSES:?}");
     let bump = |want: &mut Vec<f64>, class: &str| {
@@ -866,11 +862,7 @@ async fn watch_namespace_caches_only_those_namespaces() {
         ],
         &[],
     );
-    let url = server.metrics_url("/readyz");
-    wait_until("ready", Duration::from_secs(30), || async {
-        reqwest_status(&url).await.0 == 200
-    })
-    .await;
+    ready(&server).await;
     assert_eq!(
         metric(
             server.metrics_addr,
