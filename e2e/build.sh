@@ -15,7 +15,9 @@ pinned=$(awk '$1 == "k8s.io/kubernetes" { print $2 }' "$e2e_tools/go.mod")
 K8S_VERSION=${K8S_VERSION:-$pinned}
 K8S_VERSION=v${K8S_VERSION#v}
 cache_root=${KRW_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubevirt-reboot-webhook}
-bin_dir=$cache_root/k8s-$K8S_VERSION
+# "-v2": binaries that report their release (see ldflags below); bump it when
+# the way they are built changes, so stale caches are not reused.
+bin_dir=$cache_root/k8s-$K8S_VERSION-v2
 mkdir -p "$bin_dir"
 
 log() { printf '\033[1m[e2e]\033[0m %s\n' "$*" >&2; }
@@ -72,7 +74,13 @@ if [ -z "$KUBECTL" ] && [ ! -x "$bin_dir/kubectl" ]; then targets+=(k8s.io/kuber
 if [ ${#targets[@]} -gt 0 ]; then
   log "building ${targets[*]} for Kubernetes $K8S_VERSION (first run on this machine: several minutes)"
   started=$SECONDS
-  (cd "$module_dir" && go build -trimpath -o "$bin_dir/" "${targets[@]}") >&2
+  # As Kubernetes' own release build does, stamp the version, so that the API
+  # server reports v1.x.y (not v0.0.0-master) to kubectl, Helm and webhooks.
+  minor=$(echo "$K8S_VERSION" | cut -d. -f2)
+  ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION"
+  ldflags+=" -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
+  ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
+  (cd "$module_dir" && go build -trimpath -ldflags "$ldflags" -o "$bin_dir/" "${targets[@]}") >&2
   log "built in $((SECONDS - started)) s into $bin_dir"
 fi
 # The helper is ours and small: always rebuilt (Go's build cache makes that quick).

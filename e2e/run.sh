@@ -185,6 +185,8 @@ log "starting etcd and kube-apiserver"
 start_etcd
 start_apiserver
 log "control plane ready in $((SECONDS - started)) s"
+server_version=$(k version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])')
+expect_eq "$server_version" "$K8S_VERSION" "the API server's version"
 
 log "installing KubeVirt's API surface"
 k apply -f "$E2E/cluster/kubevirt-crds.yaml" >/dev/null
