@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::admission::{BootOnceMode, Mode};
+use crate::server::Limits;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -36,14 +37,14 @@ pub enum LogFormat {
     Json,
 }
 
-fn duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn duration(s: &str) -> Result<Duration, String> {
     crate::server::parse_go_duration(s)
         .ok_or_else(|| format!("{s:?} is not a duration like 5s, 500ms or 1m"))
 }
 
 /// A byte count: plain bytes, or with a Kubernetes binary suffix
 /// (`Ki`, `Mi`, `Gi`), as in `16Mi`.
-fn byte_size(s: &str) -> Result<usize, String> {
+pub(crate) fn byte_size(s: &str) -> Result<usize, String> {
     let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => s.split_at(i),
         None => (s, ""),
@@ -151,25 +152,8 @@ pub struct ServeArgs {
     /// Longest wait for in-flight requests after the delay.
     #[arg(long, env = "REBOOT_WEBHOOK_DRAIN_TIMEOUT", default_value = "25s", value_parser = duration)]
     pub drain_timeout: Duration,
-    /// Admission reviews processed at once; more wait for a slot.
-    #[arg(
-        long,
-        env = "REBOOT_WEBHOOK_MAX_CONCURRENT_REQUESTS",
-        default_value_t = 256
-    )]
-    pub max_concurrent_requests: usize,
-    /// Open client connections at most; more wait in the kernel's accept queue.
-    #[arg(long, env = "REBOOT_WEBHOOK_MAX_CONNECTIONS", default_value_t = 4096)]
-    pub max_connections: usize,
-    /// Bytes of request bodies read or judged at once (by Content-Length);
-    /// more wait unread. Bounds the memory large objects can take. A body
-    /// without Content-Length counts as the whole budget.
-    #[arg(long, env = "REBOOT_WEBHOOK_MAX_BODY_BYTES_IN_FLIGHT", default_value = "16Mi", value_parser = byte_size)]
-    pub max_body_bytes_in_flight: usize,
-    /// Time a client has to send the request headers (HTTP/1.1) and to finish
-    /// the TLS handshake.
-    #[arg(long, env = "REBOOT_WEBHOOK_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = duration)]
-    pub header_read_timeout: Duration,
+    #[command(flatten)]
+    pub limits: Limits,
     /// How often the TLS files are checked for changes.
     #[arg(long, env = "REBOOT_WEBHOOK_CERT_RELOAD_INTERVAL", default_value = "1s", value_parser = duration)]
     pub cert_reload_interval: Duration,

@@ -15,7 +15,7 @@ use crate::gates::{self, GateFlag, GateSource};
 use crate::health::Readiness;
 use crate::metrics::Metrics;
 use crate::owners::{StaticVms, VmSource};
-use crate::server::{self, AppState, Limits, Shutdown};
+use crate::server::{self, AppState, Shutdown};
 use crate::tls::{TlsConfig, TlsFiles};
 use crate::webhook::Webhook;
 
@@ -176,15 +176,7 @@ pub async fn start(
         vms,
         metrics: metrics.clone(),
     });
-    let limits = Limits {
-        max_concurrent: args.max_concurrent_requests,
-        max_connections: args.max_connections,
-        max_body_bytes_in_flight: args.max_body_bytes_in_flight,
-        header_read_timeout: args.header_read_timeout,
-        handshake_timeout: args.header_read_timeout,
-        ..Limits::default()
-    };
-    let state = AppState::new(webhook, readiness, limits);
+    let state = AppState::new(webhook, readiness, args.limits);
 
     let listener = TcpListener::bind(args.listen)
         .await

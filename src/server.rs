@@ -44,35 +44,34 @@ const H2_MAX_STREAMS: u32 = 128;
 /// connection can leave with us.
 const H2_STREAM_WINDOW: u32 = 128 * 1024;
 
-/// Bounds on what one client can make the server hold.
-#[derive(Clone, Debug)]
+/// Bounds on what one client can make the server hold; `serve` flattens
+/// them into its flags. A review whose body does not fit the body budget
+/// waits, unread, in the kernel's socket buffer or in HTTP/2 flow control;
+/// a body larger than the budget waits for all of it.
+#[derive(clap::Args, Clone, Debug)]
 pub struct Limits {
-    /// Admission reviews processed at once; more wait (back-pressure).
-    pub max_concurrent: usize,
-    /// Open client connections; more wait in the kernel's accept queue.
+    /// Admission reviews processed at once; more wait for a slot.
+    #[arg(
+        long,
+        env = "REBOOT_WEBHOOK_MAX_CONCURRENT_REQUESTS",
+        default_value_t = 256
+    )]
+    pub max_concurrent_requests: usize,
+    /// Open client connections at most; more wait in the kernel's accept queue.
+    #[arg(long, env = "REBOOT_WEBHOOK_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
-    /// Request bodies read or being judged at once, in bytes (by
-    /// Content-Length). A review whose body does not fit waits, unread, in
-    /// the kernel's socket buffer or in HTTP/2 flow control. A body larger
-    /// than the budget, or one without a Content-Length, waits for all of it.
+    /// Bytes of request bodies read or judged at once (by Content-Length);
+    /// more wait unread. Bounds the memory large objects can take. A body
+    /// without Content-Length counts as the whole budget.
+    #[arg(long, env = "REBOOT_WEBHOOK_MAX_BODY_BYTES_IN_FLIGHT", default_value = "16Mi", value_parser = crate::cli::byte_size)]
     pub max_body_bytes_in_flight: usize,
+    /// Time a client has to send the request headers (HTTP/1.1) and to finish
+    /// the TLS handshake.
+    #[arg(long, env = "REBOOT_WEBHOOK_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = crate::cli::duration)]
     pub header_read_timeout: Duration,
-    pub handshake_timeout: Duration,
     /// Used when the API server sends no `?timeout=`.
+    #[arg(skip = Duration::from_secs(10))]
     pub default_timeout: Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_concurrent: 256,
-            max_connections: 4096,
-            max_body_bytes_in_flight: 16 * 1024 * 1024,
-            header_read_timeout: Duration::from_secs(10),
-            handshake_timeout: Duration::from_secs(10),
-            default_timeout: Duration::from_secs(10),
-        }
-    }
 }
 
 /// Shared by every request.
@@ -96,7 +95,7 @@ impl AppState {
             metrics: webhook.metrics.clone(),
             webhook,
             readiness,
-            limiter: Semaphore::new(limits.max_concurrent.max(1)),
+            limiter: Semaphore::new(limits.max_concurrent_requests.max(1)),
             body_budget_kib,
             body_budget: Semaphore::new(body_budget_kib as usize),
             limits,
@@ -269,35 +268,22 @@ pub fn request_timeout(query: Option<&str>) -> Option<Duration> {
     parse_go_duration(value)
 }
 
-/// `10s`, `1m30s`, `500ms`, `1.5s`.
+/// `10s`, `1m30s`, `500ms`, `1.5s`: a Go duration, read by kube's parser.
 pub fn parse_go_duration(s: &str) -> Option<Duration> {
-    let mut rest = s.trim();
-    let mut total = 0f64;
-    if rest.is_empty() {
+    let s = s.trim();
+    // That parser reads "" as 0s, and panics on a negative part (`1s-2s`) or
+    // on a sum too large for a Duration: numbers of at most nine digits
+    // cannot get there in the few thousand parts an argument or a request
+    // line can hold.
+    let unsigned = s
+        .chars()
+        .all(|c| c.is_ascii_digit() || c == '.' || c.is_alphabetic());
+    let small = s.split(|c: char| !c.is_ascii_digit()).all(|n| n.len() <= 9);
+    if s.is_empty() || !unsigned || !small {
         return None;
     }
-    while !rest.is_empty() {
-        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-        let n: f64 = rest[..num_end].parse().ok()?;
-        rest = &rest[num_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_end] {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 1e-3,
-            "us" | "µs" => 1e-6,
-            "ns" => 1e-9,
-            _ => return None,
-        };
-        total += n * scale;
-        rest = &rest[unit_end..];
-    }
-    (0.0..1e9)
-        .contains(&total)
-        .then(|| Duration::from_secs_f64(total))
+    let d = Duration::from(s.parse::<kube::core::Duration>().ok()?);
+    (d < Duration::from_secs(1_000_000_000)).then_some(d)
 }
 
 /// Waits until `deadline` for `permits` of `limiter`; past it, a 503 that
@@ -570,7 +556,7 @@ async fn serve_tls(
         tokio::spawn(async move {
             let _permit = permit;
             let stream =
-                match tokio::time::timeout(state.limits.handshake_timeout, acceptor.accept(tcp))
+                match tokio::time::timeout(state.limits.header_read_timeout, acceptor.accept(tcp))
                     .await
                 {
                     Ok(Ok(s)) => s,
@@ -660,6 +646,24 @@ mod tests {
             Some(Duration::from_secs(2))
         );
         assert_eq!(request_timeout(None), None);
+    }
+
+    #[test]
+    fn go_durations_kube_would_panic_on_are_refused() {
+        for s in ["1s-2s", "-5s", "+5s", "9999999999h", "1s 2s"] {
+            assert_eq!(parse_go_duration(s), None, "{s:?}");
+        }
+        assert_eq!(
+            parse_go_duration("999999999ms"),
+            Some(Duration::from_millis(999_999_999))
+        );
+        assert_eq!(parse_go_duration("1.5µs"), Some(Duration::from_nanos(1500)));
+        assert_eq!(
+            parse_go_duration("0"),
+            Some(Duration::ZERO),
+            "as Go reads it"
+        );
+        assert_eq!(parse_go_duration("277778h"), None, "over 1e9 s");
     }
 
     #[test]

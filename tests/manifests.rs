@@ -482,28 +482,10 @@ fn addr_port(addr: &str) -> Option<u64> {
     addr.rsplit_once(':')?.1.parse().ok()
 }
 
-/// Seconds of a Go-style duration such as `5s`, `1m30s`, `500ms`.
+/// Seconds of a Go-style duration such as `5s`, `1m30s`, `500ms`, read as
+/// the binary reads it (kube's parser).
 fn duration_secs(s: &str) -> Option<f64> {
-    let mut total = 0.0;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.')?;
-        let number: f64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_len] {
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        total += number * scale;
-        rest = &rest[unit_len..];
-    }
-    (!s.is_empty()).then_some(total)
+    kubevirt_reboot_webhook::server::parse_go_duration(s).map(|d| d.as_secs_f64())
 }
 
 /// The `serve` flags of a container: command line first, then
