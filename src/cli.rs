@@ -42,6 +42,19 @@ pub(crate) fn duration(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{s:?} is not a duration like 5s, 500ms or 1m"))
 }
 
+/// A duration above zero (a period: zero would mean "check all the time").
+fn period(s: &str) -> Result<Duration, String> {
+    duration(s).and_then(|d| {
+        if d.is_zero() {
+            Err(format!(
+                "{s:?} is not a period above zero, like 1s or 500ms"
+            ))
+        } else {
+            Ok(d)
+        }
+    })
+}
+
 /// A byte count: plain bytes, or with a Kubernetes binary suffix
 /// (`Ki`, `Mi`, `Gi`), as in `16Mi`.
 pub(crate) fn byte_size(s: &str) -> Result<usize, String> {
@@ -155,7 +168,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub limits: Limits,
     /// How often the TLS files are checked for changes.
-    #[arg(long, env = "REBOOT_WEBHOOK_CERT_RELOAD_INTERVAL", default_value = "1s", value_parser = duration)]
+    #[arg(long, env = "REBOOT_WEBHOOK_CERT_RELOAD_INTERVAL", default_value = "1s", value_parser = period)]
     pub cert_reload_interval: Duration,
     /// Log format.
     #[arg(long, env = "REBOOT_WEBHOOK_LOG_FORMAT", value_enum, default_value_t)]
@@ -213,7 +226,17 @@ pub struct CertsArgs {
 
 #[cfg(test)]
 mod tests {
-    use super::byte_size;
+    use super::{byte_size, period};
+    use std::time::Duration;
+
+    #[test]
+    fn periods_are_above_zero() {
+        assert_eq!(period("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(period("250ms"), Ok(Duration::from_millis(250)));
+        for bad in ["0", "0s", "0ms", "", "1x"] {
+            assert!(period(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn byte_sizes() {
