@@ -30,7 +30,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::{json, Value};
-use support::fake_api::{kubevirt_cr, realistic_vm, uid, FakeApi, Options, Res, Verb};
+use support::fake_api::{
+    kubevirt_cr, realistic_vm, realistic_vmi_create, uid, FakeApi, Options, Res, Verb,
+};
 use support::{serve_command, Certs, Spawned};
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -154,28 +156,7 @@ async fn list_all(http: &reqwest::Client, base: &str) -> (usize, usize) {
 }
 
 fn vmi_create(i: u64) -> Value {
-    let (ns, owner) = (namespace(i), name(i));
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": format!("dddddddd-0000-0000-0000-{i:012}"),
-            "kind": {"group": "kubevirt.io", "version": "v1", "kind": "VirtualMachineInstance"},
-            "resource": {"group": "kubevirt.io", "version": "v1", "resource": "virtualmachineinstances"},
-            "name": owner, "namespace": ns, "operation": "CREATE",
-            "userInfo": {"username": "system:serviceaccount:kubevirt:kubevirt-controller",
-                         "groups": ["system:serviceaccounts", "system:authenticated"]},
-            "object": {
-                "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
-                "metadata": {"name": owner, "namespace": ns, "labels": {"kubevirt.io/vm": owner},
-                    "ownerReferences": [{"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
-                        "name": owner, "uid": uid(i), "controller": true, "blockOwnerDeletion": true}]},
-                "spec": {"domain": {"devices": {"disks": [{"name": "root", "disk": {"bus": "virtio"}}]},
-                                    "resources": {"requests": {"memory": "1Gi"}}},
-                         "volumes": [{"name": "root", "containerDisk": {"image": "quay.io/containerdisks/fedora:latest"}}]}
-            }
-        }
-    })
+    realistic_vmi_create(&namespace(i), &name(i), &uid(i), i)
 }
 
 /// Checks the verdict for VM `i`; panics when wrong.

@@ -43,7 +43,9 @@ use base64::Engine as _;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{json, Value};
-use support::fake_api::{kubevirt_cr, realistic_vm, uid, Down, FakeApi, Options, Res};
+use support::fake_api::{
+    kubevirt_cr, realistic_vm, realistic_vmi_create, uid, Down, FakeApi, Options, Res,
+};
 use support::{fixtures, read_json, Spawned};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -254,33 +256,12 @@ fn slope(points: &[(f64, f64)]) -> f64 {
 
 /// Mean of the first and of the last quarter of `y`.
 fn quarters(ys: &[f64]) -> (f64, f64) {
+    if ys.is_empty() {
+        return (0.0, 0.0);
+    }
     let q = (ys.len() / 4).max(1);
     let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len().max(1) as f64;
     (mean(&ys[..q]), mean(&ys[ys.len() - q..]))
-}
-
-fn vmi_create(ns: &str, owner: &str, owner_uid: &str, n: u64) -> Value {
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": format!("eeeeeeee-0000-0000-0000-{n:012}"),
-            "kind": {"group": "kubevirt.io", "version": "v1", "kind": "VirtualMachineInstance"},
-            "resource": {"group": "kubevirt.io", "version": "v1", "resource": "virtualmachineinstances"},
-            "name": owner, "namespace": ns, "operation": "CREATE",
-            "userInfo": {"username": "system:serviceaccount:kubevirt:kubevirt-controller",
-                         "groups": ["system:serviceaccounts", "system:authenticated"]},
-            "object": {
-                "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
-                "metadata": {"name": owner, "namespace": ns, "labels": {"kubevirt.io/vm": owner},
-                    "ownerReferences": [{"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
-                        "name": owner, "uid": owner_uid, "controller": true, "blockOwnerDeletion": true}]},
-                "spec": {"domain": {"devices": {"disks": [{"name": "root", "disk": {"bus": "virtio"}}]},
-                                    "resources": {"requests": {"memory": "1Gi"}}},
-                         "volumes": [{"name": "root", "containerDisk": {"image": "quay.io/containerdisks/fedora:latest"}}]}
-            }
-        }
-    })
 }
 
 fn stable_ns(i: u64) -> String {
@@ -372,7 +353,7 @@ async fn load(tally: Arc<Tally>, ca_pem: String, base: String, mode: u8, seed: u
         let pick = rng.below(100);
         if pick < 80 {
             let i = rng.below(STABLE);
-            let review = vmi_create(&stable_ns(i), &format!("vm-{i}"), &uid(i), n);
+            let review = realistic_vmi_create(&stable_ns(i), &format!("vm-{i}"), &uid(i), n);
             let r = post(client, &format!("{base}/mutate?timeout=10s"), &review).await;
             tally.check(
                 "VMI CREATE (stable owner)",
@@ -401,7 +382,7 @@ async fn load(tally: Arc<Tally>, ca_pem: String, base: String, mode: u8, seed: u
             );
         } else {
             let k = rng.below(CHURN);
-            let review = vmi_create("churn", &format!("churn-{k}"), &uid(100_000 + k), n);
+            let review = realistic_vmi_create("churn", &format!("churn-{k}"), &uid(100_000 + k), n);
             let r = post(client, &format!("{base}/mutate?timeout=10s"), &review).await;
             tally.check(
                 "VMI CREATE (churning owner)",
@@ -571,6 +552,10 @@ async fn churn(tally: Arc<Tally>, fake: Arc<FakeApi>) {
 #[ignore = "long: make soak"]
 async fn soak() {
     let seconds: u64 = env_or("SOAK_SECONDS", 600);
+    assert!(
+        seconds >= 90,
+        "SOAK_SECONDS={seconds} is too short to judge growth (samples after the first minute decide): use 90 or more"
+    );
     let rss_limit: f64 = env_or("SOAK_RSS_SLOPE", 8.0);
     let fd_limit: f64 = env_or("SOAK_FD_SLOPE", 30.0);
     let duration = Duration::from_secs(seconds);

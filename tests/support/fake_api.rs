@@ -1047,6 +1047,32 @@ pub fn uid(i: u64) -> String {
     )
 }
 
+/// The AdmissionReview virt-controller sends when it creates the VMI of VM
+/// `owner` (controlled by it, about 1 KB); `n` makes the review's uid unique.
+pub fn realistic_vmi_create(ns: &str, owner: &str, owner_uid: &str, n: u64) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": format!("eeeeeeee-0000-0000-0000-{n:012}"),
+            "kind": {"group": "kubevirt.io", "version": "v1", "kind": "VirtualMachineInstance"},
+            "resource": {"group": "kubevirt.io", "version": "v1", "resource": "virtualmachineinstances"},
+            "name": owner, "namespace": ns, "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:kubevirt:kubevirt-controller",
+                         "groups": ["system:serviceaccounts", "system:authenticated"]},
+            "object": {
+                "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+                "metadata": {"name": owner, "namespace": ns, "labels": {"kubevirt.io/vm": owner},
+                    "ownerReferences": [{"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+                        "name": owner, "uid": owner_uid, "controller": true, "blockOwnerDeletion": true}]},
+                "spec": {"domain": {"devices": {"disks": [{"name": "root", "disk": {"bus": "virtio"}}]},
+                                    "resources": {"requests": {"memory": "1Gi"}}},
+                         "volumes": [{"name": "root", "containerDisk": {"image": "quay.io/containerdisks/fedora:latest"}}]}
+            }
+        }
+    })
+}
+
 /// A VirtualMachine as a real cluster returns it (~3 KB of JSON): labels,
 /// annotations with kubectl's last-applied configuration, managedFields, a
 /// template with disks, interfaces, networks and volumes including cloud-init
