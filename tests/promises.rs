@@ -35,6 +35,19 @@ fn spawn(certs: &Certs, args: &[&str], env: &[(&str, &str)]) -> Spawned {
     Spawned::start(&mut cmd, Duration::from_secs(30))
 }
 
+/// `serve` standalone: the gate on, VMs from the fixtures, plus `extra`.
+fn spawn_standalone(certs: &Certs, extra: &[&str]) -> Spawned {
+    let objects = objects();
+    let mut args = vec![
+        "--feature-gates",
+        "RecreateVMIOnReboot",
+        "--objects",
+        &objects,
+    ];
+    args.extend_from_slice(extra);
+    spawn(certs, &args, &[])
+}
+
 fn objects() -> String {
     fixtures().join("objects").display().to_string()
 }
@@ -95,19 +108,7 @@ fn fixture_cases(dir: &str) -> Vec<(String, &'static str, Value, Value)> {
 #[tokio::test]
 async fn warn_mode_turns_every_policy_denial_into_warnings() {
     let certs = Certs::new();
-    let objects = objects();
-    let server = spawn(
-        &certs,
-        &[
-            "--mode",
-            "warn",
-            "--feature-gates",
-            "RecreateVMIOnReboot",
-            "--objects",
-            &objects,
-        ],
-        &[],
-    );
+    let server = spawn_standalone(&certs, &["--mode", "warn"]);
     let mut denials = 0;
     for dir in ["gate-on"] {
         for (name, endpoint, review, enforce) in fixture_cases(dir) {
@@ -456,17 +457,7 @@ async fn the_deployments_args_start_the_server() {
 #[tokio::test]
 async fn chunked_body_over_seven_mib_is_refused() {
     let certs = Certs::new();
-    let objects = objects();
-    let server = spawn(
-        &certs,
-        &[
-            "--feature-gates",
-            "RecreateVMIOnReboot",
-            "--objects",
-            &objects,
-        ],
-        &[],
-    );
+    let server = spawn_standalone(&certs, &[]);
     let mut s = support::raw_tls(server.addr, &certs.ca_pem, b"http/1.1").await;
     s.write_all(b"POST /validate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
         .await
@@ -512,21 +503,7 @@ async fn chunked_body_over_seven_mib_is_refused() {
 #[tokio::test]
 async fn drain_timeout_expiry_ends_the_process() {
     let certs = Certs::new();
-    let objects = objects();
-    let mut server = spawn(
-        &certs,
-        &[
-            "--feature-gates",
-            "RecreateVMIOnReboot",
-            "--objects",
-            &objects,
-            "--shutdown-delay",
-            "0s",
-            "--drain-timeout",
-            "2s",
-        ],
-        &[],
-    );
+    let mut server = spawn_standalone(&certs, &["--shutdown-delay", "0s", "--drain-timeout", "2s"]);
     // Half a request, never completed, with a generous API server timeout.
     let mut s = support::raw_tls(server.addr, &certs.ca_pem, b"http/1.1").await;
     s.write_all(b"POST /validate?timeout=30s HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{")
@@ -572,19 +549,7 @@ async fn drain_timeout_expiry_ends_the_process() {
 #[tokio::test]
 async fn max_connections_holds_further_connections_until_one_closes() {
     let certs = Certs::new();
-    let objects = objects();
-    let server = spawn(
-        &certs,
-        &[
-            "--feature-gates",
-            "RecreateVMIOnReboot",
-            "--objects",
-            &objects,
-            "--max-connections",
-            "2",
-        ],
-        &[],
-    );
+    let server = spawn_standalone(&certs, &["--max-connections", "2"]);
     let a = support::raw_tls(server.addr, &certs.ca_pem, b"http/1.1").await;
     let _b = support::raw_tls(server.addr, &certs.ca_pem, b"http/1.1").await;
     let (addr, ca) = (server.addr, certs.ca_pem.clone());

@@ -33,7 +33,7 @@ use serde_json::{json, Value};
 use support::fake_api::{
     kubevirt_cr, realistic_vm, realistic_vmi_create, uid, FakeApi, Options, Res, Verb,
 };
-use support::{serve_command, Certs, Spawned};
+use support::{serve_command, Certs, Rng, Spawned};
 
 const MIB: f64 = 1024.0 * 1024.0;
 const VMS_PER_NAMESPACE: u64 = 100;
@@ -54,18 +54,6 @@ fn namespace(i: u64) -> String {
 
 fn name(i: u64) -> String {
     format!("vm-{i:07}")
-}
-
-/// xorshift64*: reproducible picks without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
 }
 
 /// Figures for one N.

@@ -46,7 +46,7 @@ use serde_json::{json, Value};
 use support::fake_api::{
     kubevirt_cr, realistic_vm, realistic_vmi_create, uid, Down, FakeApi, Options, Res,
 };
-use support::{fixtures, read_json, Spawned};
+use support::{fixtures, read_json, Rng, Spawned};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -69,18 +69,6 @@ fn strategy(i: u64) -> &'static str {
         "BootOnce"
     } else {
         ["Always", "RerunOnFailure", "Halted", "Manual"][(i % 4) as usize]
-    }
-}
-
-/// xorshift64*.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
     }
 }
 

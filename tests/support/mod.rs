@@ -449,3 +449,16 @@ pub fn client(ca_pem: &str, http1: bool) -> reqwest::Client {
     let b = if http1 { b.http1_only() } else { b };
     b.build().expect("client")
 }
+
+/// xorshift64*: reproducible picks for the load tests without a dependency.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next pick below `n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
