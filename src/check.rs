@@ -18,9 +18,9 @@ use crate::admission::review::{
 };
 use crate::admission::{Endpoint, Kind, Mode};
 use crate::cli::{CheckArgs, Output};
-use crate::gates::{self, GateFlag};
-use crate::manifests::{self, Document};
+use crate::feature_gate::{self, GateFlag};
 use crate::metrics::Metrics;
+use crate::object_files::{self, Document};
 use crate::owners::StaticVms;
 use crate::webhook::Webhook;
 
@@ -131,7 +131,7 @@ pub fn run(args: CheckArgs) -> ExitCode {
 fn run_inner(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let mut docs: Vec<Document> = Vec::new();
     for f in &args.files {
-        docs.extend(manifests::read_path(f, args.recursive)?);
+        docs.extend(object_files::read_path(f, args.recursive)?);
     }
     let mut vms = match &args.objects {
         Some(path) => StaticVms::from_path(path, args.recursive)?,
@@ -143,7 +143,7 @@ fn run_inner(args: CheckArgs) -> anyhow::Result<ExitCode> {
     }
     let webhook = Webhook {
         policy: args.decision.policy(Mode::Enforce),
-        gate: Arc::new(GateFlag::new(gates::parse_list(&args.feature_gates))),
+        gate: Arc::new(GateFlag::new(feature_gate::parse_list(&args.feature_gates))),
         vms: Arc::new(vms),
         metrics: Arc::new(Metrics::new()),
     };

@@ -2,21 +2,23 @@
 //! `BootOnce` runStrategy (VEP 0171).
 //!
 //! Where things live: the decisions in [`admission`] (pure), the gate in
-//! [`gates`], VM owner lookup in [`owners`] and [`cluster`], HTTP and TLS in
-//! [`server`] and [`tls`], the offline command in [`check`].
+//! [`feature_gate`] and [`cluster::kubevirt_gate`], VM owner lookup in
+//! [`owners`] and [`cluster::vm_cache`], HTTP and TLS in [`server`] and
+//! [`tls`], the `serve` command's set-up in [`startup`], the offline command
+//! in [`check`] (manifests read by [`object_files`]).
 
 pub mod admission;
 pub mod certs;
 pub mod check;
 pub mod cli;
 pub mod cluster;
-pub mod gates;
+pub mod feature_gate;
 pub mod health;
 pub mod linger;
-pub mod manifests;
 pub mod metrics;
+pub mod object_files;
 pub mod owners;
-pub mod serve;
 pub mod server;
+pub mod startup;
 pub mod tls;
 pub mod webhook;

@@ -2,12 +2,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use kubevirt_reboot_webhook::cli::{Cli, Command};
-use kubevirt_reboot_webhook::{certs, check, serve};
+use kubevirt_reboot_webhook::{certs, check, startup};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => match serve::run(*args) {
+        Command::Serve(args) => match startup::run(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");

@@ -9,7 +9,7 @@ use std::path::Path;
 use futures::future::BoxFuture;
 
 use crate::admission::{Owner, OwnerRef, VmInfo};
-use crate::manifests;
+use crate::object_files;
 
 /// Why a VM could not be read. The message reaches the user ("retry").
 #[derive(Debug, thiserror::Error)]
@@ -55,15 +55,15 @@ pub struct StaticVms {
 impl StaticVms {
     /// Reads every `.yaml`, `.yml` and `.json` file in `dir` (not recursive)
     /// and keeps the VirtualMachines.
-    pub fn from_dir(dir: &Path) -> Result<Self, manifests::Error> {
+    pub fn from_dir(dir: &Path) -> Result<Self, object_files::Error> {
         Self::from_path(dir, false)
     }
 
     /// Like [`from_dir`](Self::from_dir) for a directory (with its
     /// subdirectories if `recursive`) or a single file.
-    pub fn from_path(path: &Path, recursive: bool) -> Result<Self, manifests::Error> {
+    pub fn from_path(path: &Path, recursive: bool) -> Result<Self, object_files::Error> {
         let mut vms = StaticVms::default();
-        for doc in manifests::read_path(path, recursive)? {
+        for doc in object_files::read_path(path, recursive)? {
             vms.insert(&doc.value);
         }
         Ok(vms)

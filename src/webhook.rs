@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use crate::admission::review::{self, AdmissionResponse, Review};
 use crate::admission::{self, Context, Endpoint, Owner, Policy};
-use crate::gates::GateSource;
+use crate::feature_gate::GateSource;
 use crate::metrics::{DenialLabels, EndpointLabels, ErrorClass, Metrics, RequestLabels};
 use crate::owners::{self, VmSource};
 

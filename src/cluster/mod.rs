@@ -1,8 +1,8 @@
 //! Cluster mode: the KubeVirt resource as gate source and a lean watch cache
 //! of VirtualMachines as owner source.
 
-pub mod gates;
-pub mod vms;
+pub mod kubevirt_gate;
+pub mod vm_cache;
 
 use std::time::Duration;
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use kubevirt_reboot_webhook::cli::{Cli, Command, ServeArgs};
-use kubevirt_reboot_webhook::serve::{self, Started};
+use kubevirt_reboot_webhook::startup::{self, Started};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
@@ -217,7 +217,7 @@ impl TestServer {
             unreachable!()
         };
         let (tx, rx) = oneshot::channel::<()>();
-        let started = serve::start(*args_box(args), async move {
+        let started = startup::start(*args_box(args), async move {
             let _ = rx.await;
         })
         .await

@@ -1,7 +1,7 @@
 //! The feature gate: whether `RecreateVMIOnReboot` (alias `RebootPolicy`) is on.
 //!
 //! Two sources: a static list from `--feature-gates`, and the KubeVirt custom
-//! resource watched in cluster mode (`cluster::gates`). The precedence rules
+//! resource watched in cluster mode (`cluster::kubevirt_gate`). The precedence rules
 //! for the resource are pure functions here so they are tested without a
 //! cluster.
 

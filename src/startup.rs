@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use crate::admission::{Policy, Trusted};
 use crate::cli::{DecisionArgs, LogFormat, ServeArgs};
 use crate::cluster;
-use crate::gates::{self, GateFlag, GateSource};
+use crate::feature_gate::{self, GateFlag, GateSource};
 use crate::health::Readiness;
 use crate::metrics::Metrics;
 use crate::owners::{StaticVms, VmSource};
@@ -141,12 +141,12 @@ pub async fn start(
 
     let gate: Arc<dyn GateSource> = match (&args.feature_gates, &client) {
         (Some(list), _) => {
-            let on = gates::parse_list(list);
+            let on = feature_gate::parse_list(list);
             tracing::info!(enabled = on, "feature gate from --feature-gates");
             metrics.gate_enabled.set(on as i64);
             Arc::new(GateFlag::new(on))
         }
-        (None, Some(c)) => cluster::gates::spawn(
+        (None, Some(c)) => cluster::kubevirt_gate::spawn(
             c.clone(),
             &args.decision.kubevirt_namespace,
             metrics.clone(),
@@ -161,7 +161,7 @@ pub async fn start(
             tracing::info!(count = vms.len(), dir = %dir.display(), "VirtualMachines from files");
             Arc::new(vms)
         }
-        (None, Some(c)) => cluster::vms::VmCache::spawn(
+        (None, Some(c)) => cluster::vm_cache::VmCache::spawn(
             c.clone(),
             args.watch_namespaces.clone(),
             metrics.clone(),

@@ -11,7 +11,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Api;
 
-use crate::gates::{from_kubevirt, GateFlag};
+use crate::feature_gate::{from_kubevirt, GateFlag};
 use crate::metrics::{CacheLabels, Metrics};
 
 /// `kubevirt.io/v1` `KubeVirt`.
@@ -36,7 +36,8 @@ pub fn spawn(
     let namespace = namespace.to_owned();
     tokio::spawn(async move {
         let backoff = watcher::ExponentialBackoff::from(super::reconnect_backoff());
-        let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).backoff(backoff));
+        let mut stream =
+            std::pin::pin!(watcher::watcher(api, watcher::Config::default()).backoff(backoff));
         let mut current: HashMap<String, bool> = HashMap::new();
         let mut relisting: Option<HashMap<String, bool>> = None;
         let mut said_missing = false;
@@ -114,11 +115,4 @@ pub fn spawn(
         }
     });
     flag
-}
-
-fn watcher(
-    api: Api<DynamicObject>,
-    config: watcher::Config,
-) -> impl futures::Stream<Item = Result<Event<DynamicObject>, watcher::Error>> {
-    watcher::watcher(api, config)
 }
