@@ -97,3 +97,25 @@ impl<Res> Policy<Request<Body>, Response<Res>, BoxError> for NoRetryForGets {
         Policy::<Request<Body>, Response<Res>, BoxError>::clone_request(&mut self.0, req)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use backon::BackoffBuilder;
+
+    use super::*;
+
+    #[test]
+    fn reconnect_delays_grow_and_stay_capped() {
+        let delays: Vec<Duration> = reconnect_backoff().build().take(50).collect();
+        assert!(delays[0] >= Duration::from_millis(200) && delays[0] < Duration::from_millis(400));
+        assert!(
+            delays.iter().all(|d| *d <= MAX_RECONNECT_DELAY),
+            "{delays:?}"
+        );
+        assert!(delays[10..]
+            .iter()
+            .all(|d| *d >= Duration::from_millis(1500)));
+        // Jittered: not all the same once capped.
+        assert!(delays[10..].windows(2).any(|w| w[0] != w[1]));
+    }
+}
