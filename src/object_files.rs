@@ -199,7 +199,9 @@ fn flatten(v: Value, out: &mut Vec<Value>) {
                 && m.get("items").is_some_and(Value::is_array) =>
         {
             if let Some(Value::Array(items)) = m.remove("items") {
-                items.into_iter().for_each(|i| flatten(i, out));
+                for item in items {
+                    flatten(item, out);
+                }
             }
         }
         other => out.push(other),

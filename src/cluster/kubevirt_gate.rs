@@ -66,9 +66,7 @@ pub fn spawn(
                 let name = o.metadata.name.clone().unwrap_or_default();
                 (
                     name,
-                    serde_json::to_value(o)
-                        .map(|v| from_kubevirt(&v))
-                        .unwrap_or(false),
+                    serde_json::to_value(o).is_ok_and(|v| from_kubevirt(&v)),
                 )
             };
             match event {

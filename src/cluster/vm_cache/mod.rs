@@ -132,7 +132,7 @@ impl VmCache {
                         generation = generation.wrapping_add(1);
                         tracing::debug!(scope = ?scope, generation, "VirtualMachine list started");
                     }
-                    Ok(Event::InitApply(vm)) | Ok(Event::Apply(vm)) => {
+                    Ok(Event::InitApply(vm) | Event::Apply(vm)) => {
                         if self.upsert(&vm, generation) {
                             self.metrics.vm_cache_objects.inc();
                         }
