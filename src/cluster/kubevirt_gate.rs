@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use backon::BackoffBuilder;
 use futures::StreamExt;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::WatchStreamExt;
 use kube::Api;
 
 use crate::feature_gate::{from_kubevirt, GateFlag};
@@ -35,9 +35,6 @@ pub fn spawn(
     let out = flag.clone();
     let namespace = namespace.to_owned();
     tokio::spawn(async move {
-        let backoff = watcher::ExponentialBackoff::from(super::reconnect_backoff());
-        let mut stream =
-            std::pin::pin!(watcher::watcher(api, watcher::Config::default()).backoff(backoff));
         let mut current: HashMap<String, bool> = HashMap::new();
         let mut relisting: Option<HashMap<String, bool>> = None;
         let mut said_missing = false;
@@ -49,67 +46,83 @@ pub fn spawn(
             .get_or_create(&CacheLabels { cache: "kubevirt" })
             .clone();
         let mut last_error = String::new();
-        while let Some(event) = stream.next().await {
-            let event = match event {
-                Ok(e) => e,
-                Err(e) => {
-                    let msg = e.to_string();
-                    if msg != last_error {
-                        tracing::warn!(error = %msg, %namespace, "watching KubeVirt resources failed; retrying with backoff, keeping the last known gate state");
-                        last_error = msg;
+        let mut backoff = super::reconnect_backoff().build();
+        // As in the VM cache, the first error ends a watcher and a fresh one
+        // relists after the next delay, which grows until a list completes.
+        // kube-runtime's `.backoff()` would not grow: the watcher yields
+        // `Event::Init` before each list attempt, and any item resets it, so
+        // a failing list was retried every 0.2-0.4 s for as long as the API
+        // failed (tests/cluster.rs, `failing_watches_retry_on_the_short_backoff`).
+        loop {
+            let mut stream =
+                std::pin::pin!(watcher::watcher(api.clone(), watcher::Config::default()));
+            let error = loop {
+                let Some(event) = stream.next().await else {
+                    break "the watch stream ended".to_owned();
+                };
+                let event = match event {
+                    Ok(e) => e,
+                    Err(e) => break e.to_string(),
+                };
+                let gate_of = |o: &DynamicObject| {
+                    let name = o.metadata.name.clone().unwrap_or_default();
+                    (
+                        name,
+                        serde_json::to_value(o).is_ok_and(|v| from_kubevirt(&v)),
+                    )
+                };
+                match event {
+                    Event::Init => relisting = Some(HashMap::new()),
+                    Event::InitApply(o) => {
+                        let (n, on) = gate_of(&o);
+                        relisting.get_or_insert_with(HashMap::new).insert(n, on);
                     }
+                    Event::InitDone => {
+                        current = relisting.take().unwrap_or_default();
+                        listed = true;
+                        backoff = super::reconnect_backoff().build();
+                        last_error.clear();
+                    }
+                    Event::Apply(o) => {
+                        let (n, on) = gate_of(&o);
+                        current.insert(n, on);
+                    }
+                    Event::Delete(o) => {
+                        current.remove(&o.metadata.name.clone().unwrap_or_default());
+                    }
+                }
+                if relisting.is_some() {
                     continue;
                 }
+                if current.is_empty() {
+                    if !said_missing {
+                        tracing::info!(%namespace, "no KubeVirt resource found; feature gate RecreateVMIOnReboot is off");
+                        said_missing = true;
+                    }
+                } else {
+                    said_missing = false;
+                }
+                let on = current.values().any(|v| *v);
+                metrics.gate_enabled.set(on as i64);
+                if out.set(on) != on {
+                    tracing::info!(
+                        enabled = on,
+                        "feature gate RecreateVMIOnReboot changed (KubeVirt resource)"
+                    );
+                }
+                if std::mem::take(&mut listed) {
+                    ready.store(true, Ordering::SeqCst);
+                    synced.set(1);
+                }
             };
-            last_error.clear();
-            let gate_of = |o: &DynamicObject| {
-                let name = o.metadata.name.clone().unwrap_or_default();
-                (
-                    name,
-                    serde_json::to_value(o).is_ok_and(|v| from_kubevirt(&v)),
-                )
-            };
-            match event {
-                Event::Init => relisting = Some(HashMap::new()),
-                Event::InitApply(o) => {
-                    let (n, on) = gate_of(&o);
-                    relisting.get_or_insert_with(HashMap::new).insert(n, on);
-                }
-                Event::InitDone => {
-                    current = relisting.take().unwrap_or_default();
-                    listed = true;
-                }
-                Event::Apply(o) => {
-                    let (n, on) = gate_of(&o);
-                    current.insert(n, on);
-                }
-                Event::Delete(o) => {
-                    current.remove(&o.metadata.name.clone().unwrap_or_default());
-                }
+            // A list cut short leaves the last complete state in force.
+            relisting = None;
+            if error != last_error {
+                tracing::warn!(error = %error, %namespace, "watching KubeVirt resources failed; retrying with backoff, keeping the last known gate state");
             }
-            if relisting.is_some() {
-                continue;
-            }
-            if current.is_empty() {
-                if !said_missing {
-                    tracing::info!(%namespace, "no KubeVirt resource found; feature gate RecreateVMIOnReboot is off");
-                    said_missing = true;
-                }
-            } else {
-                said_missing = false;
-            }
-            let on = current.values().any(|v| *v);
-            metrics.gate_enabled.set(on as i64);
-            if out.set(on) != on {
-                tracing::info!(
-                    enabled = on,
-                    "feature gate RecreateVMIOnReboot changed (KubeVirt resource)"
-                );
-            }
-            if std::mem::take(&mut listed) {
-                ready.store(true, Ordering::SeqCst);
-                synced.set(1);
-            }
+            last_error = error;
+            let delay = backoff.next().unwrap_or(super::MAX_RECONNECT_DELAY);
+            tokio::time::sleep(delay).await;
         }
     });
     flag
