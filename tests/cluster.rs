@@ -698,3 +698,134 @@ async fn changes_during_an_outage_are_honoured_at_once_and_cached_within_5s() {
         assert_no_patch(&c.mutate_vmi("tenant-a", "doomed", &uid(2)).await);
     }
 }
+
+// 9. With --watch-namespace, each namespace has its own watch and its own
+//    relists: a relist in one namespace sweeps only that namespace, so the
+//    VMs of the other (listed by another watch, in that watch's list
+//    generation) stay cached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relist_in_one_watched_namespace_sweeps_only_that_namespace() {
+    const PER_NS: u64 = 40;
+    let fake = FakeApi::start().await;
+    fake.load(
+        Res::Vm,
+        (0..2 * PER_NS).map(|i| {
+            let ns = if i < PER_NS { "tenant-a" } else { "tenant-b" };
+            vm(ns, &format!("vm-{i:03}"), i, "BootOnce")
+        }),
+    );
+    // Not watched: never cached.
+    fake.apply(Res::Vm, vm("tenant-c", "other", 999, "BootOnce"));
+    let c = Cluster::start(
+        fake,
+        &[
+            "--watch-namespace",
+            "tenant-a",
+            "--watch-namespace",
+            "tenant-b",
+        ],
+    )
+    .await;
+    c.wait_ready().await;
+    assert!(
+        c.fake.wait_watches(Res::Vm, 2, WAIT).await,
+        "one watch per namespace"
+    );
+    c.wait_cached_vms(2 * PER_NS as usize).await;
+
+    // Both watches end; the first to come back is told its history is gone
+    // (410) and relists; the other resumes from where it was.
+    let lists = c.fake.count(Some(Verb::List), Some(Res::Vm));
+    c.fake.force_gone_next_watch(Res::Vm);
+    c.fake.close_watches(Res::Vm);
+    eventually(
+        "one namespace relisted and both watch again",
+        WAIT,
+        || async {
+            c.fake.count(Some(Verb::List), Some(Res::Vm)) == lists + 1
+                && c.fake.open_watches(Res::Vm) == 2
+        },
+    )
+    .await;
+    let relisted = c
+        .fake
+        .requests()
+        .into_iter()
+        .rfind(|s| s.verb == Verb::List && s.res == Some(Res::Vm))
+        .map(|s| s.path)
+        .unwrap();
+    assert!(
+        relisted.contains("/namespaces/tenant-a/") || relisted.contains("/namespaces/tenant-b/"),
+        "{relisted}"
+    );
+    // The relist completed (its sweep runs at its end) and swept nothing of
+    // the other namespace, whose entries carry another watch's list
+    // generation.
+    eventually("the relist completed", WAIT, || async {
+        c.server
+            .metric("kubevirt_reboot_webhook_vm_cache_stale")
+            .await
+            == 0.0
+    })
+    .await;
+    assert_eq!(
+        c.cached_vms().await,
+        2 * PER_NS as usize,
+        "relisted {relisted}"
+    );
+
+    // Every VM of both namespaces still comes from the cache.
+    let gets = c.fake.count(Some(Verb::Get), None);
+    for i in 0..2 * PER_NS {
+        let ns = if i < PER_NS { "tenant-a" } else { "tenant-b" };
+        assert_bootonce_patch(&c.mutate_vmi(ns, &format!("vm-{i:03}"), &uid(i)).await);
+    }
+    assert_eq!(c.fake.count(Some(Verb::Get), None), gets, "all cache hits");
+    // Outside the watched namespaces: one GET.
+    assert_bootonce_patch(&c.mutate_vmi("tenant-c", "other", &uid(999)).await);
+    assert_eq!(c.fake.count(Some(Verb::Get), None), gets + 1);
+}
+
+// 10. Both watches (VirtualMachines, KubeVirt) reconnect on this project's
+//     short backoff (0.2 s doubling to at most 3 s), not kube-runtime's or
+//     client-go's default (0.8 s doubling to 30 s), which left the cache
+//     stale long after a short outage. Over 10 s of failing lists the short
+//     backoff makes at least 5 list calls per watch (after delays of at most
+//     0.4, 0.8, 1.6, 3 and 3 s); the default makes at most 3 (after at least
+//     0.8, 1.6 and 3.2 s, the next at 12 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_watches_retry_on_the_short_backoff() {
+    const OUTAGE: Duration = Duration::from_secs(10);
+    let c = Cluster::ready(FakeApi::start().await).await;
+    let lists = |r: Res| c.fake.count(Some(Verb::List), Some(r));
+    let before = (lists(Res::Vm), lists(Res::KubeVirt));
+    for r in [Res::Vm, Res::KubeVirt] {
+        // 500 is not retried by the client itself: one call per attempt.
+        c.fake.fail_lists(r, Some(500));
+        c.fake.expire_watches(r);
+    }
+    tokio::time::sleep(OUTAGE).await;
+    let (vm, kv) = (lists(Res::Vm) - before.0, lists(Res::KubeVirt) - before.1);
+    for r in [Res::Vm, Res::KubeVirt] {
+        c.fake.fail_lists(r, None);
+    }
+    assert!(
+        vm >= 5,
+        "VirtualMachine watch: {vm} list calls in {OUTAGE:?}"
+    );
+    assert!(kv >= 5, "KubeVirt watch: {kv} list calls in {OUTAGE:?}");
+    // And the delays grow: a backoff, not a retry every 0.2-0.4 s (at
+    // least 25 calls in 10 s).
+    assert!(
+        vm <= 12 && kv <= 12,
+        "VirtualMachine: {vm}, KubeVirt: {kv} list calls in {OUTAGE:?}"
+    );
+    // And both come back within the longest delay once lists succeed.
+    for r in [Res::Vm, Res::KubeVirt] {
+        assert!(
+            c.fake.wait_watches(r, 1, Duration::from_secs(5)).await,
+            "{r:?}"
+        );
+    }
+    c.wait_ready().await;
+}
