@@ -37,9 +37,26 @@ pub enum LogFormat {
     Json,
 }
 
+/// `10s`, `1m30s`, `500ms`, `1.5s`: a Go duration, read by kube's parser.
+pub fn parse_go_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    // That parser reads "" as 0s, and panics on a negative part (`1s-2s`) or
+    // on a sum too large for a Duration: numbers of at most nine digits
+    // cannot get there in the few thousand parts an argument or a request
+    // line can hold.
+    let unsigned = s
+        .chars()
+        .all(|c| c.is_ascii_digit() || c == '.' || c.is_alphabetic());
+    let small = s.split(|c: char| !c.is_ascii_digit()).all(|n| n.len() <= 9);
+    if s.is_empty() || !unsigned || !small {
+        return None;
+    }
+    let d = Duration::from(s.parse::<kube::core::Duration>().ok()?);
+    (d < Duration::from_secs(1_000_000_000)).then_some(d)
+}
+
 pub(crate) fn duration(s: &str) -> Result<Duration, String> {
-    crate::server::parse_go_duration(s)
-        .ok_or_else(|| format!("{s:?} is not a duration like 5s, 500ms or 1m"))
+    parse_go_duration(s).ok_or_else(|| format!("{s:?} is not a duration like 5s, 500ms or 1m"))
 }
 
 /// A duration above zero (a period: zero would mean "check all the time").
@@ -226,8 +243,46 @@ pub struct CertsArgs {
 
 #[cfg(test)]
 mod tests {
-    use super::{byte_size, period};
+    use super::{byte_size, parse_go_duration, period};
     use std::time::Duration;
+
+    #[test]
+    fn go_durations() {
+        for (s, want) in [
+            ("10s", Some(10_000)),
+            ("1m30s", Some(90_000)),
+            ("500ms", Some(500)),
+            ("1.5s", Some(1500)),
+            ("", None),
+            ("10", None),
+            ("s", None),
+            ("10x", None),
+        ] {
+            assert_eq!(
+                parse_go_duration(s).map(|d| d.as_millis() as u64),
+                want,
+                "{s:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn go_durations_kube_would_panic_on_are_refused() {
+        for s in ["1s-2s", "-5s", "+5s", "9999999999h", "1s 2s"] {
+            assert_eq!(parse_go_duration(s), None, "{s:?}");
+        }
+        assert_eq!(
+            parse_go_duration("999999999ms"),
+            Some(Duration::from_millis(999_999_999))
+        );
+        assert_eq!(parse_go_duration("1.5µs"), Some(Duration::from_nanos(1500)));
+        assert_eq!(
+            parse_go_duration("0"),
+            Some(Duration::ZERO),
+            "as Go reads it"
+        );
+        assert_eq!(parse_go_duration("277778h"), None, "over 1e9 s");
+    }
 
     #[test]
     fn periods_are_above_zero() {

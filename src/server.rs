@@ -23,7 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::review::{self, Review};
-use crate::admission::{Cause, CauseReason, Endpoint, Mode, Verdict};
+use crate::admission::{self, Endpoint};
 use crate::health::Readiness;
 use crate::linger::{self, Returning, Unread};
 use crate::metrics::{ErrorClass, Metrics};
@@ -265,25 +265,7 @@ pub fn request_timeout(query: Option<&str>) -> Option<Duration> {
     let value = query?
         .split('&')
         .find_map(|kv| kv.strip_prefix("timeout="))?;
-    parse_go_duration(value)
-}
-
-/// `10s`, `1m30s`, `500ms`, `1.5s`: a Go duration, read by kube's parser.
-pub fn parse_go_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    // That parser reads "" as 0s, and panics on a negative part (`1s-2s`) or
-    // on a sum too large for a Duration: numbers of at most nine digits
-    // cannot get there in the few thousand parts an argument or a request
-    // line can hold.
-    let unsigned = s
-        .chars()
-        .all(|c| c.is_ascii_digit() || c == '.' || c.is_alphabetic());
-    let small = s.split(|c: char| !c.is_ascii_digit()).all(|n| n.len() <= 9);
-    if s.is_empty() || !unsigned || !small {
-        return None;
-    }
-    let d = Duration::from(s.parse::<kube::core::Duration>().ok()?);
-    (d < Duration::from_secs(1_000_000_000)).then_some(d)
+    crate::cli::parse_go_duration(value)
 }
 
 /// Waits until `deadline` for `permits` of `limiter`; past it, a 503 that
@@ -409,7 +391,7 @@ async fn handle(
         Err(_) => {
             s.metrics.error(ErrorClass::deadline_exceeded);
             tracing::warn!(uid = %review.request.uid, endpoint = endpoint.as_str(), "no decision before the deadline");
-            let verdict = late_verdict(timeout, s.webhook.policy.mode, endpoint);
+            let verdict = admission::late_verdict(timeout, s.webhook.policy.mode, endpoint);
             review::response(&review.request.uid, &verdict)
         }
     };
@@ -423,24 +405,6 @@ async fn handle(
         )
             .into_response(),
     )
-}
-
-/// The answer when no decision came before the deadline: a "retry" denial,
-/// softened like the decision's own "owner unreadable" (a warning on
-/// /validate in warn mode; still a denial on /mutate).
-fn late_verdict(timeout: Duration, mode: Mode, endpoint: Endpoint) -> Verdict {
-    Verdict {
-        causes: vec![Cause {
-            reason: CauseReason::InternalError,
-            field: String::new(),
-            message: format!(
-                "the reboot webhook could not decide within the API server's timeout ({}s), usually because the owner VirtualMachine could not be read; retry the request",
-                timeout.as_secs_f64()
-            ),
-        }],
-        ..Verdict::default()
-    }
-    .apply_mode(mode, endpoint)
 }
 
 /// Decrements the in-flight gauge when dropped (also on cancellation).
@@ -620,23 +584,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn go_durations() {
-        for (s, want) in [
-            ("10s", Some(10_000)),
-            ("1m30s", Some(90_000)),
-            ("500ms", Some(500)),
-            ("1.5s", Some(1500)),
-            ("", None),
-            ("10", None),
-            ("s", None),
-            ("10x", None),
-        ] {
-            assert_eq!(
-                parse_go_duration(s).map(|d| d.as_millis() as u64),
-                want,
-                "{s:?}"
-            );
-        }
+    fn request_timeouts() {
         assert_eq!(
             request_timeout(Some("timeout=3s")),
             Some(Duration::from_secs(3))
@@ -645,25 +593,8 @@ mod tests {
             request_timeout(Some("a=b&timeout=2s")),
             Some(Duration::from_secs(2))
         );
+        assert_eq!(request_timeout(Some("timeout=")), None);
         assert_eq!(request_timeout(None), None);
-    }
-
-    #[test]
-    fn go_durations_kube_would_panic_on_are_refused() {
-        for s in ["1s-2s", "-5s", "+5s", "9999999999h", "1s 2s"] {
-            assert_eq!(parse_go_duration(s), None, "{s:?}");
-        }
-        assert_eq!(
-            parse_go_duration("999999999ms"),
-            Some(Duration::from_millis(999_999_999))
-        );
-        assert_eq!(parse_go_duration("1.5µs"), Some(Duration::from_nanos(1500)));
-        assert_eq!(
-            parse_go_duration("0"),
-            Some(Duration::ZERO),
-            "as Go reads it"
-        );
-        assert_eq!(parse_go_duration("277778h"), None, "over 1e9 s");
     }
 
     #[test]
@@ -683,23 +614,5 @@ mod tests {
         assert_eq!(body_permits(Some(7 * 1024 * 1024), 4096), 4096);
         assert_eq!(body_permits(Some(u64::MAX), budget), budget);
         assert_eq!(body_permits(None, budget), budget);
-    }
-
-    #[test]
-    fn late_verdicts_retry_and_follow_the_mode() {
-        let t = Duration::from_secs(3);
-        for mode in [Mode::Enforce, Mode::Warn] {
-            let v = late_verdict(t, mode, Endpoint::Mutate);
-            assert!(!v.allowed() && v.message().contains("retry"), "{v:?}");
-        }
-        let v = late_verdict(t, Mode::Enforce, Endpoint::Validate);
-        assert!(!v.allowed() && v.message().contains("(3s)"), "{v:?}");
-        let v = late_verdict(t, Mode::Warn, Endpoint::Validate);
-        assert!(v.allowed(), "{v:?}");
-        assert!(
-            v.warnings[0]
-                .starts_with("would be denied (warn mode): the reboot webhook could not decide"),
-            "{v:?}"
-        );
     }
 }

@@ -485,7 +485,7 @@ fn addr_port(addr: &str) -> Option<u64> {
 /// Seconds of a Go-style duration such as `5s`, `1m30s`, `500ms`, read as
 /// the binary reads it (kube's parser).
 fn duration_secs(s: &str) -> Option<f64> {
-    kubevirt_reboot_webhook::server::parse_go_duration(s).map(|d| d.as_secs_f64())
+    kubevirt_reboot_webhook::cli::parse_go_duration(s).map(|d| d.as_secs_f64())
 }
 
 /// The `serve` flags of a container: command line first, then

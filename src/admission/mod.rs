@@ -21,6 +21,7 @@ pub use kinds::{Kind, Layout};
 pub use review::{AdmissionRequest, DecodeError, Operation};
 
 use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
 
 /// The reserved annotation that carries `runStrategy: BootOnce` to a VMI.
 pub const BOOTONCE_ANNOTATION: &str = "runstrategy.kubevirt.io";
@@ -307,6 +308,24 @@ pub fn decide(
         Endpoint::Mutate => mutate::mutate(kind, req, obj, ctx, owner),
     };
     verdict.apply_mode(ctx.policy.mode, endpoint)
+}
+
+/// The verdict when no decision came before the API server's `timeout`: a
+/// "retry" denial, softened like the decision's own "owner unreadable" (a
+/// warning on /validate in warn mode; still a denial on /mutate).
+pub fn late_verdict(timeout: Duration, mode: Mode, endpoint: Endpoint) -> Verdict {
+    Verdict {
+        causes: vec![Cause {
+            reason: CauseReason::InternalError,
+            field: String::new(),
+            message: format!(
+                "the reboot webhook could not decide within the API server's timeout ({}s), usually because the owner VirtualMachine could not be read; retry the request",
+                timeout.as_secs_f64()
+            ),
+        }],
+        ..Verdict::default()
+    }
+    .apply_mode(mode, endpoint)
 }
 
 /// The gate's names as users read them in messages.

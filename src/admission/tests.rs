@@ -770,6 +770,24 @@ fn unreadable_owner_denies_mutation_with_retry_in_both_modes() {
 }
 
 #[test]
+fn late_verdicts_retry_and_follow_the_mode() {
+    let t = std::time::Duration::from_secs(3);
+    for mode in [Mode::Enforce, Mode::Warn] {
+        let v = late_verdict(t, mode, Endpoint::Mutate);
+        assert!(!v.allowed() && v.message().contains("retry"), "{v:?}");
+    }
+    let v = late_verdict(t, Mode::Enforce, Endpoint::Validate);
+    assert!(!v.allowed() && v.message().contains("(3s)"), "{v:?}");
+    let v = late_verdict(t, Mode::Warn, Endpoint::Validate);
+    assert!(v.allowed(), "{v:?}");
+    assert!(
+        v.warnings[0]
+            .starts_with("would be denied (warn mode): the reboot webhook could not decide"),
+        "{v:?}"
+    );
+}
+
+#[test]
 fn denial_message_joins_causes() {
     let p = policy(Mode::Enforce, BootOnceMode::Native);
     let req = create(Kind::Vm, USER, vm(Some("bootonce"), Some(json!("x"))));
