@@ -7,7 +7,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::admission::{BootOnceMode, Mode};
-use crate::server::Limits;
+use crate::server::{Limits, Shutdown};
+use crate::tls::TlsFiles;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -60,7 +61,7 @@ pub(crate) fn duration(s: &str) -> Result<Duration, String> {
 }
 
 /// A duration above zero (a period: zero would mean "check all the time").
-fn period(s: &str) -> Result<Duration, String> {
+pub(crate) fn period(s: &str) -> Result<Duration, String> {
     duration(s).and_then(|d| {
         if d.is_zero() {
             Err(format!(
@@ -130,23 +131,8 @@ pub struct ServeArgs {
     /// port; the bound addresses are printed on stdout once listening.
     #[arg(long, env = "REBOOT_WEBHOOK_LISTEN", default_value = "0.0.0.0:8443")]
     pub listen: SocketAddr,
-    /// Serving certificate chain (PEM); re-read when it changes.
-    #[arg(long, env = "REBOOT_WEBHOOK_TLS_CERT")]
-    pub tls_cert: PathBuf,
-    /// Serving private key (PEM); re-read when it changes.
-    #[arg(long, env = "REBOOT_WEBHOOK_TLS_KEY")]
-    pub tls_key: PathBuf,
-    /// Require client certificates signed by this CA bundle (PEM); re-read when it changes.
-    #[arg(long, env = "REBOOT_WEBHOOK_CLIENT_CA")]
-    pub client_ca: Option<PathBuf>,
-    /// With --client-ca: accept only clients whose CN or DNS SAN is one of these (repeatable).
-    #[arg(
-        long = "client-name",
-        env = "REBOOT_WEBHOOK_CLIENT_NAME",
-        value_delimiter = ',',
-        requires = "client_ca"
-    )]
-    pub client_names: Vec<String>,
+    #[command(flatten)]
+    pub tls: TlsFiles,
     /// Static feature gates, comma separated; replaces the KubeVirt resource. "" = all off.
     #[arg(long, env = "REBOOT_WEBHOOK_FEATURE_GATES")]
     pub feature_gates: Option<String>,
@@ -176,17 +162,10 @@ pub struct ServeArgs {
         default_value = "0.0.0.0:8080"
     )]
     pub metrics_listen: SocketAddr,
-    /// After SIGTERM, keep serving this long before draining.
-    #[arg(long, env = "REBOOT_WEBHOOK_SHUTDOWN_DELAY", default_value = "5s", value_parser = duration)]
-    pub shutdown_delay: Duration,
-    /// Longest wait for in-flight requests after the delay.
-    #[arg(long, env = "REBOOT_WEBHOOK_DRAIN_TIMEOUT", default_value = "25s", value_parser = duration)]
-    pub drain_timeout: Duration,
+    #[command(flatten)]
+    pub shutdown: Shutdown,
     #[command(flatten)]
     pub limits: Limits,
-    /// How often the TLS files are checked for changes.
-    #[arg(long, env = "REBOOT_WEBHOOK_CERT_RELOAD_INTERVAL", default_value = "1s", value_parser = period)]
-    pub cert_reload_interval: Duration,
     /// Log format.
     #[arg(long, env = "REBOOT_WEBHOOK_LOG_FORMAT", value_enum, default_value_t)]
     pub log_format: LogFormat,

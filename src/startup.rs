@@ -15,8 +15,8 @@ use crate::feature_gate::{self, GateFlag, GateSource};
 use crate::health::Readiness;
 use crate::metrics::Metrics;
 use crate::owners::{StaticVms, VmSource};
-use crate::server::{self, AppState, Shutdown};
-use crate::tls::{TlsConfig, TlsFiles};
+use crate::server::{self, AppState};
+use crate::tls::TlsConfig;
 use crate::webhook::Webhook;
 
 /// Sets up logging and a runtime, then serves until SIGTERM/SIGINT.
@@ -115,18 +115,12 @@ pub async fn start(
     let readiness = Arc::new(Readiness::default());
     let cert_ready = readiness.part("certificate");
 
-    let files = TlsFiles {
-        cert: args.tls_cert.clone(),
-        key: args.tls_key.clone(),
-        client_ca: args.client_ca.clone(),
-        client_names: args.client_names.clone(),
-    };
-    let (tls, expiry) = TlsConfig::load(files).context("loading the TLS certificate and key")?;
+    let (tls, expiry) = TlsConfig::load(args.tls).context("loading the TLS certificate and key")?;
     if let Some(e) = expiry {
         metrics.cert_expiry.set(e as f64);
     }
     cert_ready.store(true, Ordering::SeqCst);
-    tls.spawn_reloader(args.cert_reload_interval, metrics.clone());
+    tls.spawn_reloader(metrics.clone());
 
     let needs_cluster = args.feature_gates.is_none() || args.objects.is_none();
     let client = if needs_cluster {
@@ -188,16 +182,12 @@ pub async fn start(
     let metrics_addr = health_listener.local_addr()?;
     tracing::info!(%addr, %metrics_addr, mode = ?args.mode, bootonce = ?args.decision.bootonce, "serving admission on https://{addr} (/validate, /mutate); health and metrics on http://{metrics_addr}");
 
-    let shutdown = Shutdown {
-        delay: args.shutdown_delay,
-        drain: args.drain_timeout,
-    };
     let task = tokio::spawn(server::run(
         listener,
         health_listener,
         state,
         tls,
-        shutdown,
+        args.shutdown,
         signal,
     ));
     Ok(Started {

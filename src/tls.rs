@@ -40,14 +40,39 @@ pub enum TlsError {
     Config(String),
 }
 
-/// Where the TLS material comes from.
-#[derive(Clone, Debug)]
+/// Where the TLS material comes from, and how often it is checked;
+/// `serve` flattens it into its flags.
+#[derive(clap::Args, Clone, Debug)]
 pub struct TlsFiles {
+    /// Serving certificate chain (PEM); re-read when it changes.
+    #[arg(
+        long = "tls-cert",
+        value_name = "TLS_CERT",
+        env = "REBOOT_WEBHOOK_TLS_CERT"
+    )]
     pub cert: PathBuf,
+    /// Serving private key (PEM); re-read when it changes.
+    #[arg(
+        long = "tls-key",
+        value_name = "TLS_KEY",
+        env = "REBOOT_WEBHOOK_TLS_KEY"
+    )]
     pub key: PathBuf,
+    /// Require client certificates signed by this CA bundle (PEM); re-read when it changes.
+    #[arg(long, env = "REBOOT_WEBHOOK_CLIENT_CA")]
     pub client_ca: Option<PathBuf>,
-    /// Allowed client names (CN or DNS SAN); empty = any client the CA signed.
+    /// With --client-ca: accept only clients whose CN or DNS SAN is one of these (repeatable).
+    // Empty: any client the CA signed.
+    #[arg(
+        long = "client-name",
+        env = "REBOOT_WEBHOOK_CLIENT_NAME",
+        value_delimiter = ',',
+        requires = "client_ca"
+    )]
     pub client_names: Vec<String>,
+    /// How often the TLS files are checked for changes.
+    #[arg(long = "cert-reload-interval", value_name = "CERT_RELOAD_INTERVAL", env = "REBOOT_WEBHOOK_CERT_RELOAD_INTERVAL", default_value = "1s", value_parser = crate::cli::period)]
+    pub reload_interval: Duration,
 }
 
 /// The bytes a configuration was built from, to notice changes.
@@ -188,9 +213,10 @@ impl TlsConfig {
         Ok(true)
     }
 
-    /// Polls the files every `interval` until the process ends.
-    pub fn spawn_reloader(self: &Arc<Self>, interval: Duration, metrics: Arc<Metrics>) {
+    /// Polls the files every `--cert-reload-interval` until the process ends.
+    pub fn spawn_reloader(self: &Arc<Self>, metrics: Arc<Metrics>) {
         let this = self.clone();
+        let interval = self.files.reload_interval;
         tokio::spawn(async move {
             let mut last_error = String::new();
             let mut tick = tokio::time::interval(interval);

@@ -35,12 +35,28 @@ const H2_MAX_STREAMS: u32 = 128;
 /// data one connection can leave with us.
 const H2_STREAM_WINDOW: u32 = 128 * 1024;
 
-/// When to stop, and how long to keep going.
-#[derive(Clone, Debug)]
+/// When to stop, and how long to keep going; `serve` flattens it into its
+/// flags.
+#[derive(clap::Args, Clone, Debug)]
 pub struct Shutdown {
-    /// Keep serving this long after the signal, so endpoints drop the pod first.
+    /// After SIGTERM, keep serving this long before draining.
+    // Serving on lets the endpoints drop the pod first.
+    #[arg(
+        long = "shutdown-delay",
+        value_name = "SHUTDOWN_DELAY",
+        env = "REBOOT_WEBHOOK_SHUTDOWN_DELAY",
+        default_value = "5s",
+        value_parser = crate::cli::duration
+    )]
     pub delay: Duration,
-    /// Then wait at most this long for in-flight requests.
+    /// Longest wait for in-flight requests after the delay.
+    #[arg(
+        long = "drain-timeout",
+        value_name = "DRAIN_TIMEOUT",
+        env = "REBOOT_WEBHOOK_DRAIN_TIMEOUT",
+        default_value = "25s",
+        value_parser = crate::cli::duration
+    )]
     pub drain: Duration,
 }
 
