@@ -14,7 +14,6 @@ pub mod cli;
 pub mod cluster;
 pub mod feature_gate;
 pub mod health;
-pub mod linger;
 pub mod metrics;
 pub mod object_files;
 pub mod owners;

@@ -143,7 +143,7 @@ impl IntoResponse for ApiError {
 /// A router layer: an early answer over HTTP/1.1 says `Connection: close`.
 /// The connection cannot carry another request (the unread rest of the body
 /// is in the way), and the client should know before it tries. The
-/// connection then lingers (see [`crate::linger`]) so the client reads the
+/// connection then lingers (see [`super::linger`]) so the client reads the
 /// answer. HTTP/2 needs neither: the stream ends with the answer and a
 /// RST_STREAM(NO_ERROR), and the connection lives on.
 pub async fn close_after_early_answer(version: Version, mut r: Response) -> Response {

@@ -10,25 +10,25 @@ use axum::http::Request;
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::linger::{self, Returning, Unread};
 use crate::metrics::ErrorClass;
 use crate::tls::TlsConfig;
 
 use super::error::closes;
-use super::AppState;
+use super::linger::{self, Returning, Unread};
+use super::{AppState, Limits};
 
 /// HTTP/2 streams per connection; clients open another connection for more
 /// (Go's HTTP/2 client, the API server's, does).
 const H2_MAX_STREAMS: u32 = 128;
 /// HTTP/2 flow-control window per stream: what a stream may have sent
-/// before it is read (see `serve_tls`). 64 KiB cost large bodies a
+/// before it is read (see `http`). 64 KiB cost large bodies a
 /// flow-control round trip per 32 KiB, which measured slower; 128 KiB did
 /// not (figures in bench/README.md, "HTTP/2 flow control"). With 128
 /// streams the connection window is 16 MiB, which also bounds the unread
@@ -60,7 +60,8 @@ pub struct Shutdown {
     pub drain: Duration,
 }
 
-/// The accept loop: TLS handshake with a deadline, then HTTP/1.1 or HTTP/2 by ALPN.
+/// The accept loop: at most `--max-connections` at once, each served on its
+/// own task until `stop`; then the drain, bounded by `drain`.
 pub async fn serve_tls(
     listener: TcpListener,
     tls: Arc<TlsConfig>,
@@ -76,7 +77,7 @@ pub async fn serve_tls(
             _ = stop.cancelled() => break,
             p = connections.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
-        let (tcp, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+        let (tcp, peer): (TcpStream, SocketAddr) = tokio::select! {
             _ = stop.cancelled() => break,
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -90,77 +91,10 @@ pub async fn serve_tls(
         };
         let _ = tcp.set_nodelay(true);
         let acceptor = TlsAcceptor::from(tls.current());
-        // Notes an answer that closes an HTTP/1.1 connection before its
-        // request body was read, so the connection lingers.
-        let unread = Unread::default();
-        let service = {
-            let (app, unread) = (app.clone(), unread.clone());
-            tower::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let (app, unread) = (app.clone(), unread.clone());
-                async move {
-                    let resp = tower::ServiceExt::oneshot(app, req).await?;
-                    if closes(&resp) {
-                        unread.mark();
-                    }
-                    Ok::<_, std::convert::Infallible>(resp)
-                }
-            })
-        };
-        let service = TowerToHyperService::new(service);
-        let watcher = graceful.watcher();
-        let state = state.clone();
+        let (app, state, watcher) = (app.clone(), state.clone(), graceful.watcher());
         tokio::spawn(async move {
             let _permit = permit;
-            let stream =
-                match tokio::time::timeout(state.limits.header_read_timeout, acceptor.accept(tcp))
-                    .await
-                {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        state.metrics.error(ErrorClass::tls_handshake);
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        state.metrics.error(ErrorClass::tls_handshake);
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(state.limits.header_read_timeout)
-                // hyper otherwise grows each connection's read buffer to
-                // ~400 KiB and keeps it: 25 MiB for 64 connections.
-                .max_buf_size(64 * 1024);
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .max_concurrent_streams(H2_MAX_STREAMS)
-                // A stream waiting for the body budget leaves its data
-                // unread, and unread data holds connection window. With
-                // hyper's defaults (1 MiB for a stream and for the whole
-                // connection) one waiting 1 MiB body could take the whole
-                // window and stall the streams that hold the budget until
-                // their deadline. Small stream windows that all fit in the
-                // connection window keep every admitted stream moving.
-                .initial_stream_window_size(H2_STREAM_WINDOW)
-                .initial_connection_window_size(H2_STREAM_WINDOW * H2_MAX_STREAMS);
-            let (stream, mut back) = Returning::new(stream);
-            let conn = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .into_owned();
-            if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-            if unread.is_marked() {
-                if let Ok(tls) = back.try_recv() {
-                    let discarded = linger::linger(tls).await;
-                    tracing::debug!(%peer, discarded, "lingering close done");
-                }
-            }
+            serve_connection(tcp, peer, acceptor, app, &state, watcher).await;
         });
     }
     drop(listener);
@@ -169,4 +103,86 @@ pub async fn serve_tls(
         _ = graceful.shutdown() => tracing::info!("all connections drained"),
         _ = tokio::time::sleep(drain) => tracing::warn!(?drain, "drain timeout reached; closing remaining connections"),
     }
+}
+
+/// One connection: the TLS handshake within `--header-read-timeout`, then
+/// HTTP/1.1 or HTTP/2 by ALPN until either side closes; then the lingering
+/// close when an answer left a request body unread.
+async fn serve_connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    app: Router,
+    state: &AppState,
+    watcher: Watcher,
+) {
+    let stream =
+        match tokio::time::timeout(state.limits.header_read_timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                state.metrics.error(ErrorClass::tls_handshake);
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                state.metrics.error(ErrorClass::tls_handshake);
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+    // Notes an answer that closes an HTTP/1.1 connection before its
+    // request body was read, so the connection lingers.
+    let unread = Unread::default();
+    let service = {
+        let unread = unread.clone();
+        tower::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let (app, unread) = (app.clone(), unread.clone());
+            async move {
+                let resp = tower::ServiceExt::oneshot(app, req).await?;
+                if closes(&resp) {
+                    unread.mark();
+                }
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        })
+    };
+    let (stream, mut back) = Returning::new(stream);
+    let conn = http(&state.limits)
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+        .into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+    if unread.is_marked() {
+        if let Ok(tls) = back.try_recv() {
+            let discarded = linger::linger(tls).await;
+            tracing::debug!(%peer, discarded, "lingering close done");
+        }
+    }
+}
+
+/// The HTTP/1.1 and HTTP/2 settings of every connection.
+fn http(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        // hyper otherwise grows each connection's read buffer to
+        // ~400 KiB and keeps it: 25 MiB for 64 connections.
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        // A stream waiting for the body budget leaves its data
+        // unread, and unread data holds connection window. With
+        // hyper's defaults (1 MiB for a stream and for the whole
+        // connection) one waiting 1 MiB body could take the whole
+        // window and stall the streams that hold the budget until
+        // their deadline. Small stream windows that all fit in the
+        // connection window keep every admitted stream moving.
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_STREAM_WINDOW * H2_MAX_STREAMS);
+    builder
 }

@@ -1,13 +1,14 @@
 //! The HTTPS admission server and the plain-HTTP health and metrics server.
 //!
-//! [`listener`] accepts connections (TLS, HTTP/1.1 and HTTP/2, lingering
-//! close, graceful drain); [`limits`] holds reviews back before their
-//! bodies are read; [`handler`] judges /validate and /mutate; [`error`] is
-//! every answer that is not an AdmissionReview.
+//! `listener.rs` accepts connections (TLS, HTTP/1.1 and HTTP/2, graceful
+//! drain) and hands early-answered ones to `linger.rs`; `limits.rs` holds
+//! reviews back before their bodies are read; `handler.rs` judges /validate
+//! and /mutate; `error.rs` is every answer that is not an AdmissionReview.
 
 mod error;
 mod handler;
 mod limits;
+mod linger;
 mod listener;
 
 use std::future::Future;
