@@ -160,3 +160,70 @@ pub fn closes(r: &Response) -> bool {
         .get(header::CONNECTION)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admission::review;
+
+    /// What each error answers; the integration tests see the same through
+    /// the server, this row per variant keeps the table in one place.
+    #[tokio::test]
+    async fn every_error_answers_with_its_status_reason_class_and_closing() {
+        use ErrorClass::*;
+        let bad_review = review::decode(b"[]").unwrap_err();
+        let bad_review_message = bad_review.to_string();
+        #[rustfmt::skip]
+        let rows = [
+            (ApiError::NotFound, 404, "NotFound", None, true,
+             "the webhook serves POST /validate and POST /mutate"),
+            (ApiError::NoContentType, 415, "UnsupportedMediaType", Some(unsupported_media_type), true,
+             "Content-Type is missing; send application/json"),
+            (ApiError::NotJson("text/plain".into()), 415, "UnsupportedMediaType", Some(unsupported_media_type), true,
+             "Content-Type must be application/json, got \"text/plain\""),
+            (ApiError::TooLarge, 413, "RequestEntityTooLarge", Some(payload_too_large), true,
+             "request body is larger than 7340032 bytes (7 MiB), the API server's limit"),
+            (ApiError::Overloaded("concurrency limit"), 503, "ServiceUnavailable", Some(overloaded), true,
+             "the webhook is at its concurrency limit; retry"),
+            (ApiError::BodyUnreadable(axum::Error::new("reset")), 400, "BadRequest", Some(bad_request), true,
+             "could not read the request body: reset"),
+            (ApiError::BodyLate, 408, "Timeout", Some(deadline_exceeded), true,
+             "the request body did not arrive before the deadline"),
+            // Read to its end: the connection can carry the next request.
+            (ApiError::BadReview(bad_review), 400, "BadRequest", Some(bad_request), false,
+             bad_review_message.as_str()),
+        ];
+        for (e, code, reason, class, early, message) in rows {
+            assert_eq!(e.class(), class, "{e:?}");
+            let name = format!("{e:?}");
+            let r = e.into_response();
+            assert_eq!(r.status().as_u16(), code, "{name}");
+            assert_eq!(
+                r.headers()[header::CONTENT_TYPE],
+                "application/json",
+                "{name}"
+            );
+            let h1 = close_after_early_answer(Version::HTTP_11, r).await;
+            assert_eq!(
+                closes(&h1),
+                early,
+                "{name}: HTTP/1.1 closes after an early answer"
+            );
+            let body = axum::body::to_bytes(h1.into_body(), usize::MAX)
+                .await
+                .unwrap();
+            let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(
+                status,
+                serde_json::json!({
+                    "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "reason": reason, "code": code, "message": message,
+                }),
+                "{name}"
+            );
+        }
+        let h2 =
+            close_after_early_answer(Version::HTTP_2, ApiError::TooLarge.into_response()).await;
+        assert!(!closes(&h2), "HTTP/2 keeps the connection");
+    }
+}
