@@ -64,7 +64,7 @@ impl ApiError {
         }
     }
 
-    /// The `errors_total` class; a request for no route is not counted.
+    /// The `webhook_errors_total` class; a request for no route is not counted.
     pub fn class(&self) -> Option<ErrorClass> {
         Some(match self {
             ApiError::NotFound => return None,

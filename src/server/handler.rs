@@ -53,6 +53,8 @@ async fn answer(
     }
 }
 
+/// The AdmissionReview answer to one request, or the error that answers
+/// it instead; the error exits are the `?`s.
 async fn judge(
     s: &AppState,
     endpoint: Endpoint,
@@ -102,6 +104,7 @@ async fn judge(
         .into_response())
 }
 
+/// The whole body, within `MAX_BODY` and before `deadline`.
 async fn read_body(body: Body, deadline: Instant) -> Result<Bytes, ApiError> {
     match tokio::time::timeout_at(deadline, axum::body::to_bytes(body, MAX_BODY)).await {
         Ok(Ok(bytes)) => Ok(bytes),
