@@ -13,17 +13,16 @@
 // code, and clippy.toml's test exemption misses integration-test helpers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod tools;
+mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Component, Path, PathBuf};
 
 use base64::Engine as _;
-use clap::Parser as _;
 use kubevirt_reboot_webhook::admission::{BootOnceMode, Mode};
-use kubevirt_reboot_webhook::cli::{Cli, Command};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use support::tools;
 
 const NS: &str = "kubevirt-reboot-webhook";
 const RELEASE: &str = "kubevirt-reboot-webhook";
@@ -420,21 +419,13 @@ fn container(objs: &[Value]) -> &Value {
 
 /// The Deployment's arguments, parsed by the binary's own flag parser.
 fn parsed_args(objs: &[Value]) -> kubevirt_reboot_webhook::cli::ServeArgs {
-    let args: Vec<String> = container(objs)["args"]
+    let args: Vec<&str> = container(objs)["args"]
         .as_array()
         .expect("args")
         .iter()
-        .map(|a| a.as_str().expect("string arg").to_owned())
+        .map(|a| a.as_str().expect("string arg"))
         .collect();
-    let argv = std::iter::once("kubevirt-reboot-webhook".to_owned()).chain(args.clone());
-    match Cli::try_parse_from(argv) {
-        Ok(Cli {
-            command: Command::Serve(a),
-            ..
-        }) => *a,
-        Ok(_) => panic!("{args:?} is not `serve`"),
-        Err(e) => panic!("{args:?} do not parse: {e}"),
-    }
+    support::serve_args(&args).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]

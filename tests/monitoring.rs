@@ -15,7 +15,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
-mod tools;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -24,6 +23,7 @@ use std::time::{Duration, Instant};
 use promql_parser::parser::{self, Expr, LabelModifier};
 use serde_json::{json, Value};
 use support::fake_api::{kubevirt_cr, realistic_vm, FakeApi, Res};
+use support::tools;
 use support::{post_json, serve_command, Certs, Spawned};
 
 /// Labels Prometheus attaches to every scraped series (target labels of the

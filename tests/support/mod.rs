@@ -8,13 +8,46 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory as _, FromArgMatches as _};
 use kubevirt_reboot_webhook::cli::{Cli, Command, ServeArgs};
 use kubevirt_reboot_webhook::startup::{self, Started};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
 pub mod fake_api;
+pub mod tools;
+
+/// The binary's own command line parser (clap), blind to the environment:
+/// `args` (after the program name) alone decide, so no `REBOOT_WEBHOOK_*`
+/// variable of whoever runs the tests fills in a flag.
+pub fn parse_cli<T: AsRef<str>>(args: &[T]) -> Result<Cli, clap::Error> {
+    let cmd = Cli::command().mut_subcommands(|s| s.mut_args(|a| a.env(None)));
+    let argv = std::iter::once("kubevirt-reboot-webhook").chain(args.iter().map(AsRef::as_ref));
+    Cli::from_arg_matches(&cmd.try_get_matches_from(argv)?)
+}
+
+/// `serve ARGS...` parsed by [`parse_cli`]; the error names the arguments.
+pub fn serve_args<T: AsRef<str>>(args: &[T]) -> Result<ServeArgs, String> {
+    let shown = || args.iter().map(AsRef::as_ref).collect::<Vec<_>>().join(" ");
+    match parse_cli(args) {
+        Ok(Cli {
+            command: Command::Serve(a),
+            ..
+        }) => Ok(*a),
+        Ok(_) => Err(format!("`{}` is not `serve`", shown())),
+        Err(e) => Err(format!("`{}` does not parse: {e}", shown())),
+    }
+}
+
+/// The environment variables that `serve` reads flags from.
+pub fn serve_flag_env_names() -> std::collections::BTreeSet<String> {
+    Cli::command()
+        .find_subcommand("serve")
+        .expect("a serve subcommand")
+        .get_arguments()
+        .filter_map(|a| a.get_env()?.to_str().map(str::to_owned))
+        .collect()
+}
 
 /// `kubevirt-reboot-webhook serve` as a child process: HTTPS and health /
 /// metrics both on loopback port 0 (the kernel picks), TLS from `certs`,
@@ -197,7 +230,6 @@ impl TestServer {
         extra: &[&str],
     ) -> TestServer {
         let mut argv: Vec<String> = vec![
-            "kubevirt-reboot-webhook".into(),
             "serve".into(),
             "--listen".into(),
             "127.0.0.1:0".into(),
@@ -212,12 +244,10 @@ impl TestServer {
             "--cert-reload-interval".into(),
             "200ms".into(),
         ];
-        argv.extend(extra.iter().map(|s| s.to_string()));
-        let Command::Serve(args) = Cli::parse_from(argv).command else {
-            unreachable!()
-        };
+        argv.extend(extra.iter().map(|s| (*s).to_owned()));
+        let args = serve_args(&argv).unwrap_or_else(|e| panic!("{e}"));
         let (tx, rx) = oneshot::channel::<()>();
-        let started = startup::start(*args_box(args), async move {
+        let started = startup::start(args, async move {
             let _ = rx.await;
         })
         .await
@@ -263,10 +293,6 @@ impl TestServer {
         }
         let _ = (&mut self.started.task).await;
     }
-}
-
-fn args_box(a: Box<ServeArgs>) -> Box<ServeArgs> {
-    a
 }
 
 /// One sample from the `/metrics` page on `metrics_addr` (`series` with its

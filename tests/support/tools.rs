@@ -1,9 +1,9 @@
-//! External programs the chart and monitoring tests run: Helm (built by
-//! `make helm` from e2e/helm at its pinned version), kubectl and promtool.
+//! External programs the manifests, chart and monitoring tests run: Helm
+//! (built by `make helm` from e2e/helm at its pinned version), kubectl and
+//! promtool.
 //!
 //! A missing program skips the test with a note locally, and fails it in CI
 //! (`CI=true`), where .ci/run installs all three.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,8 +12,13 @@ pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Whether the tests run in CI: `CI` set to anything but empty, `0` or
+/// `false`, as CI systems set it.
 fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+    std::env::var("CI").is_ok_and(|v| {
+        let v = v.trim();
+        !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false")
+    })
 }
 
 /// The program, or `None` (after a note) when it is missing outside CI.
