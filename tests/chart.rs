@@ -20,7 +20,6 @@ use std::path::{Component, Path, PathBuf};
 
 use base64::Engine as _;
 use kubevirt_reboot_webhook::admission::{BootOnceMode, Mode};
-use serde::Deserialize;
 use serde_json::{json, Value};
 use support::tools;
 
@@ -37,13 +36,6 @@ const HELM_ONLY_LABELS: &[&str] = &[
 
 fn chart() -> PathBuf {
     tools::repo().join("charts/kubevirt-reboot-webhook")
-}
-
-fn parse_docs(text: &str) -> Vec<Value> {
-    serde_yaml_ng::Deserializer::from_str(text)
-        .map(|doc| Value::deserialize(doc).unwrap_or_else(|e| panic!("{e} in:\n{text}")))
-        .filter(|v| !v.is_null())
-        .collect()
 }
 
 /// `helm template RELEASE chart -n NS` with `--set` (or, for `file:` items,
@@ -63,18 +55,12 @@ fn template_as(
             None => args.extend(["--set", v]),
         }
     }
-    tools::run(helm, &args).map(|out| parse_docs(&out))
+    tools::run(helm, &args)
+        .map(|out| tools::yaml_docs(&out).unwrap_or_else(|e| panic!("{e} in:\n{out}")))
 }
 
 fn template(helm: &Path, values: &[&str]) -> Vec<Value> {
     template_as(helm, RELEASE, NS, values).unwrap_or_else(|e| panic!("{e}"))
-}
-
-fn kustomize(kubectl: &Path, dir: &Path) -> Vec<Value> {
-    parse_docs(&tools::ok(
-        kubectl,
-        &["kustomize", dir.to_str().expect("utf-8 path")],
-    ))
 }
 
 /// `to` relative to `from` (kustomize refuses absolute paths).
@@ -111,7 +97,7 @@ fn kustomize_overlay(kubectl: &Path, resources: &[&str], components: &[&str]) ->
         "components": components.iter().map(rel).collect::<Vec<_>>(),
     });
     std::fs::write(dir.path().join("kustomization.yaml"), k.to_string()).expect("write");
-    kustomize(kubectl, dir.path())
+    tools::kustomize(kubectl, dir.path())
 }
 
 fn strip_helm_labels(v: &mut Value) {
@@ -286,7 +272,7 @@ fn default_values_render_manifests_without_the_namespace() {
     };
     // Helm installs into a namespace made by `--create-namespace` (or
     // namespace.create=true, checked below); everything else is equal.
-    let base: Vec<Value> = kustomize(&kubectl, &tools::repo().join("manifests"))
+    let base: Vec<Value> = tools::kustomize(&kubectl, &tools::repo().join("manifests"))
         .into_iter()
         .filter(|o| o["kind"] != "Namespace")
         .collect();
@@ -302,7 +288,7 @@ fn chart_and_kustomize_do_not_drift() {
         assert_no_drift(
             &format!("{values:?} vs {dir}"),
             template(&helm, values),
-            kustomize(&kubectl, &tools::repo().join(dir)),
+            tools::kustomize(&kubectl, &tools::repo().join(dir)),
         );
     }
     for (values, resources, components) in DRIFT_COMBINATIONS {
@@ -334,7 +320,7 @@ fn drift_check_catches_differences() {
     let Some((helm, kubectl)) = tools_or_skip() else {
         return;
     };
-    let kustomized = kustomize(&kubectl, &tools::repo().join("manifests"));
+    let kustomized = tools::kustomize(&kubectl, &tools::repo().join("manifests"));
     let find = |objs: &mut Vec<Value>, kind: &str| -> usize {
         objs.iter().position(|o| o["kind"] == kind).expect(kind)
     };
@@ -742,7 +728,7 @@ fn match_conditions_switch() {
         for v in values {
             args.extend(["--set", v]);
         }
-        let objs = parse_docs(&tools::ok(&helm, &args));
+        let objs = tools::yaml_docs(&tools::ok(&helm, &args)).expect("helm template output");
         [
             "ValidatingWebhookConfiguration",
             "MutatingWebhookConfiguration",

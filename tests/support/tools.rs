@@ -8,6 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use serde::Deserialize as _;
+use serde_json::Value;
+
 pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -125,4 +128,22 @@ pub fn run(program: &Path, args: &[&str]) -> Result<String, String> {
 /// Runs a program that must succeed.
 pub fn ok(program: &Path, args: &[&str]) -> String {
     run(program, args).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The documents of a multi-document YAML text, empty ones left out.
+pub fn yaml_docs(text: &str) -> Result<Vec<Value>, String> {
+    let mut docs = Vec::new();
+    for (i, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let value = Value::deserialize(doc).map_err(|e| format!("document {i}: {e}"))?;
+        if !value.is_null() {
+            docs.push(value);
+        }
+    }
+    Ok(docs)
+}
+
+/// The objects `kubectl kustomize DIR` renders; panics when it fails.
+pub fn kustomize(kubectl: &Path, dir: &Path) -> Vec<Value> {
+    let out = ok(kubectl, &["kustomize", dir.to_str().expect("utf-8 path")]);
+    yaml_docs(&out).unwrap_or_else(|e| panic!("kubectl kustomize {}: {e}", dir.display()))
 }
