@@ -15,10 +15,9 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use serde_json::{json, Value};
 use support::fake_api::{kubevirt_cr, realistic_vm, uid, Down, FakeApi, Res, Verb};
-use support::TestServer;
+use support::{bootonce_stamp, decoded_patch, TestServer};
 
 const GATE: &str = "RecreateVMIOnReboot";
 const GATE_MESSAGE: &str = "requires the feature gate RecreateVMIOnReboot";
@@ -217,27 +216,11 @@ fn vm_create_terminate() -> Value {
     })
 }
 
-/// The decoded JSONPatch of a response, if any.
-fn patch(resp: &Value) -> Option<Value> {
-    let b64 = resp.get("patch")?.as_str()?;
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .expect("patch is base64");
-    Some(serde_json::from_slice(&raw).expect("patch is JSON"))
-}
-
 /// The response is allowed and stamps the VMI as BootOnce.
 fn assert_bootonce_patch(resp: &Value) {
     assert_eq!(resp["allowed"], true, "{resp}");
-    let p = patch(resp).unwrap_or_else(|| panic!("no patch: {resp}"));
-    assert_eq!(
-        p,
-        json!([
-            {"op": "add", "path": "/metadata/annotations", "value": {"runstrategy.kubevirt.io": "BootOnce"}},
-            {"op": "add", "path": "/spec/domain/rebootPolicy", "value": "Terminate"}
-        ]),
-        "{resp}"
-    );
+    let p = decoded_patch(resp).unwrap_or_else(|e| panic!("{e}: {resp}"));
+    assert_eq!(p, Some(bootonce_stamp()), "{resp}");
 }
 
 /// The response is allowed and leaves the VMI alone.

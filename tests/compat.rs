@@ -26,10 +26,8 @@ fn review(uid: &str, kind: &str, op: &str, obj: &Value, old: Option<&Value>) -> 
 
 fn apply(obj: &Value, response: &Value) -> Value {
     let mut out = obj.clone();
-    if let Some(p) = response["patch"].as_str() {
-        use base64::Engine as _;
-        let bytes = base64::engine::general_purpose::STANDARD.decode(p).unwrap();
-        let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap();
+    if let Some(ops) = support::decoded_patch(response).unwrap() {
+        let patch: json_patch::Patch = serde_json::from_value(ops).unwrap();
         json_patch::patch(&mut out, &patch).unwrap();
     }
     out

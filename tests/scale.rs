@@ -28,12 +28,11 @@ mod support;
 use std::io::Read as _;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use serde_json::{json, Value};
+use serde_json::Value;
 use support::fake_api::{
     kubevirt_cr, realistic_vm, realistic_vmi_create, uid, FakeApi, Options, Res, Verb,
 };
-use support::{serve_command, Certs, Rng, Spawned};
+use support::{bootonce_stamp, decoded_patch, serve_command, Certs, Rng, Spawned};
 
 const MIB: f64 = 1024.0 * 1024.0;
 const VMS_PER_NAMESPACE: u64 = 100;
@@ -151,18 +150,9 @@ fn vmi_create(i: u64) -> Value {
 fn check_verdict(i: u64, resp: &Value) {
     let r = &resp["response"];
     assert_eq!(r["allowed"], true, "vm {i}: {resp}");
-    let patch = r.get("patch").and_then(Value::as_str).map(|p| {
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(p)
-            .expect("base64 patch");
-        serde_json::from_slice::<Value>(&raw).expect("JSON patch")
-    });
+    let patch = decoded_patch(r).unwrap_or_else(|e| panic!("vm {i}: {e}: {resp}"));
     if strategy(i) == "BootOnce" {
-        let want = json!([
-            {"op": "add", "path": "/metadata/annotations", "value": {"runstrategy.kubevirt.io": "BootOnce"}},
-            {"op": "add", "path": "/spec/domain/rebootPolicy", "value": "Terminate"}
-        ]);
-        assert_eq!(patch.as_ref(), Some(&want), "vm {i} is BootOnce: {resp}");
+        assert_eq!(patch, Some(bootonce_stamp()), "vm {i} is BootOnce: {resp}");
     } else {
         assert_eq!(patch, None, "vm {i} is {}: {resp}", strategy(i));
     }

@@ -19,9 +19,8 @@ mod support;
 
 use std::path::{Path, PathBuf};
 
-use base64::Engine as _;
 use serde_json::{json, Value};
-use support::{fixtures, read_json, TestServer};
+use support::{decoded_patch, fixtures, read_json, TestServer};
 
 /// How many request fixtures each directory holds: a file that goes missing
 /// (or one added without its expected answer being thought about) fails.
@@ -64,11 +63,7 @@ fn updating_fixtures() -> bool {
 /// The answer as stored in an expected file: with `response.patchDecoded`
 /// beside a base64 `patch`.
 fn with_decoded_patch(mut answer: Value) -> Value {
-    if let Some(p) = answer["response"].get("patch").and_then(Value::as_str) {
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(p)
-            .expect("patch is base64");
-        let ops: Value = serde_json::from_slice(&raw).expect("patch is JSON");
+    if let Some(ops) = decoded_patch(&answer["response"]).unwrap_or_else(|e| panic!("{e}")) {
         answer["response"]["patchDecoded"] = ops;
     }
     answer

@@ -39,14 +39,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use rustls::pki_types::{CertificateDer, ServerName};
-use serde_json::{json, Value};
+use serde_json::Value;
 use support::fake_api::{
     kubevirt_cr, realistic_vm, realistic_vmi_create, uid, Down, FakeApi, Options, Res,
 };
-use support::{fixtures, read_json, Rng, Spawned};
+use support::{bootonce_stamp, decoded_patch, fixtures, read_json, Rng, Spawned};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -262,22 +261,8 @@ fn stable_verdict(i: u64, resp: &Value) -> Result<(), String> {
     if r["allowed"] != true {
         return Err(format!("vm {i}: not allowed: {resp}"));
     }
-    let patch = match r.get("patch").and_then(Value::as_str) {
-        None => None,
-        Some(p) => Some(
-            base64::engine::general_purpose::STANDARD
-                .decode(p)
-                .ok()
-                .and_then(|raw| serde_json::from_slice::<Value>(&raw).ok())
-                .ok_or_else(|| format!("vm {i}: undecodable patch: {resp}"))?,
-        ),
-    };
-    let want = (strategy(i) == "BootOnce").then(|| {
-        json!([
-            {"op": "add", "path": "/metadata/annotations", "value": {"runstrategy.kubevirt.io": "BootOnce"}},
-            {"op": "add", "path": "/spec/domain/rebootPolicy", "value": "Terminate"}
-        ])
-    });
+    let patch = decoded_patch(r).map_err(|e| format!("vm {i}: {e}: {resp}"))?;
+    let want = (strategy(i) == "BootOnce").then(bootonce_stamp);
     if patch != want {
         return Err(format!("vm {i} ({}): wrong patch: {resp}", strategy(i)));
     }

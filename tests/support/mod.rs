@@ -196,6 +196,32 @@ pub async fn post_json(client: &reqwest::Client, url: &str, body: String) -> (u1
     )
 }
 
+/// The JSONPatch of an AdmissionResponse (its base64 `patch`), decoded;
+/// `None` when it carries none, an error when it is not base64 JSON.
+pub fn decoded_patch(response: &Value) -> Result<Option<Value>, String> {
+    use base64::Engine as _;
+    let Some(patch) = response.get("patch") else {
+        return Ok(None);
+    };
+    let b64 = patch
+        .as_str()
+        .ok_or_else(|| format!("patch is not a string: {patch}"))?;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| format!("patch is not base64: {e}"))?;
+    serde_json::from_slice(&raw)
+        .map(Some)
+        .map_err(|e| format!("patch is not JSON: {e}"))
+}
+
+/// The patch that stamps the VMI of a BootOnce VM.
+pub fn bootonce_stamp() -> Value {
+    serde_json::json!([
+        {"op": "add", "path": "/metadata/annotations", "value": {"runstrategy.kubevirt.io": "BootOnce"}},
+        {"op": "add", "path": "/spec/domain/rebootPolicy", "value": "Terminate"}
+    ])
+}
+
 pub fn read_json(path: &Path) -> Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
