@@ -11,13 +11,12 @@
 
 mod support;
 
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::fake_api::{kubevirt_cr, realistic_vm, uid, Down, FakeApi, Res, Verb};
-use support::{bootonce_stamp, decoded_patch, TestServer};
+use support::{bootonce_stamp, decoded_patch, wait_until, TestServer};
 
 const GATE: &str = "RecreateVMIOnReboot";
 const GATE_MESSAGE: &str = "requires the feature gate RecreateVMIOnReboot";
@@ -53,7 +52,7 @@ impl Cluster {
         let c = Cluster::start(fake, &[]).await;
         c.wait_ready().await;
         for r in [Res::Vm, Res::KubeVirt] {
-            assert!(c.fake.wait_watches(r, 1, WAIT).await, "no {r:?} watch");
+            c.fake.wait_watches(r, 1, WAIT).await;
         }
         c
     }
@@ -65,7 +64,7 @@ impl Cluster {
     }
 
     async fn wait_ready(&self) {
-        eventually("/readyz 200", WAIT, || async {
+        wait_until("/readyz 200", WAIT, || async {
             self.readyz().await.0 == 200
         })
         .await;
@@ -86,7 +85,7 @@ impl Cluster {
     }
 
     async fn wait_cached_vms(&self, n: usize) {
-        eventually(&format!("vm_cache_objects == {n}"), WAIT, || async {
+        wait_until(&format!("vm_cache_objects == {n}"), WAIT, || async {
             self.cached_vms().await == n
         })
         .await;
@@ -118,25 +117,6 @@ impl Cluster {
             );
         }
         allowed
-    }
-}
-
-/// Polls `check` every 20 ms until it holds; panics after `timeout`.
-async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -283,7 +263,7 @@ async fn gate_flips_with_the_kubevirt_resource() {
             Res::KubeVirt,
             kubevirt_cr("kubevirt", enabled, disabled, Some(version)),
         );
-        eventually(why, WAIT, || async { c.terminate_allowed().await == want }).await;
+        wait_until(why, WAIT, || async { c.terminate_allowed().await == want }).await;
         let gauge = c
             .server
             .metric("kubevirt_reboot_webhook_feature_gate_enabled")
@@ -297,7 +277,7 @@ async fn gate_flips_with_the_kubevirt_resource() {
         kubevirt_cr("other", &["RecreateVMIOnReboot"], &[], Some("v1.9.0")),
     );
     c.fake.delete(Res::KubeVirt, "kubevirt", "kubevirt");
-    eventually("resource deleted: gate off", WAIT, || async {
+    wait_until("resource deleted: gate off", WAIT, || async {
         !c.terminate_allowed().await
     })
     .await;
@@ -338,7 +318,7 @@ async fn gate_from_the_initial_list_in_a_custom_namespace() {
 async fn vm_created_after_start_is_seen_through_the_watch() {
     let c = Cluster::ready(FakeApi::start().await).await;
     assert_eq!(c.cached_vms().await, 0);
-    assert!(c.fake.wait_watches(Res::Vm, 1, WAIT).await);
+    c.fake.wait_watches(Res::Vm, 1, WAIT).await;
 
     c.fake.apply(Res::Vm, vm("tenant-a", "late", 7, "BootOnce"));
     c.wait_cached_vms(1).await;
@@ -352,7 +332,7 @@ async fn vm_created_after_start_is_seen_through_the_watch() {
 
     // MODIFIED: no longer BootOnce.
     c.fake.apply(Res::Vm, vm("tenant-a", "late", 7, "Always"));
-    eventually("runStrategy change applied", WAIT, || async {
+    wait_until("runStrategy change applied", WAIT, || async {
         c.mutate_vmi("tenant-a", "late", &uid(7))
             .await
             .get("patch")
@@ -378,7 +358,7 @@ async fn cached_owner_lookups_make_no_api_requests() {
     fake.apply(Res::Vm, vm("tenant-b", "halted", 3, "Halted"));
     let c = Cluster::ready(fake).await;
     c.wait_cached_vms(3).await;
-    assert!(c.fake.wait_watches(Res::Vm, 1, WAIT).await);
+    c.fake.wait_watches(Res::Vm, 1, WAIT).await;
 
     let before = c.fake.total();
     for _ in 0..3 {
@@ -398,7 +378,7 @@ async fn cached_owner_lookups_make_no_api_requests() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_miss_is_one_get_and_checks_the_uid() {
     let c = Cluster::ready(FakeApi::start().await).await;
-    assert!(c.fake.wait_watches(Res::Vm, 1, WAIT).await);
+    c.fake.wait_watches(Res::Vm, 1, WAIT).await;
     // Exists for GET but was never listed or watched.
     c.fake
         .put_hidden(Res::Vm, vm("tenant-a", "fresh", 5, "BootOnce"));
@@ -482,11 +462,11 @@ async fn readiness_follows_cache_sync() {
     fake.apply(Res::Vm, vm("tenant-a", "a", 1, "BootOnce"));
     fake.hold_lists(Res::Vm, true);
     let c = Cluster::start(fake, &[]).await;
-    eventually("only the VM cache unsynced", WAIT, || async {
+    wait_until("only the VM cache unsynced", WAIT, || async {
         c.readyz().await == (503, "not ready: virtualmachine cache not ready\n".into())
     })
     .await;
-    eventually("the VM list arrived", WAIT, || async {
+    wait_until("the VM list arrived", WAIT, || async {
         c.fake.count(Some(Verb::List), Some(Res::Vm)) >= 1
     })
     .await;
@@ -500,7 +480,7 @@ async fn readiness_follows_cache_sync() {
     let fake = FakeApi::start().await;
     fake.fail_lists(Res::KubeVirt, Some(500));
     let c2 = Cluster::start(fake, &[]).await;
-    eventually("only the gate cache unsynced", WAIT, || async {
+    wait_until("only the gate cache unsynced", WAIT, || async {
         c2.readyz().await == (503, "not ready: kubevirt gate cache not ready\n".into())
     })
     .await;
@@ -551,7 +531,7 @@ async fn relist_after_410_converges_without_loss_or_duplicates() {
         3,
         "paged by 500"
     );
-    assert!(c.fake.wait_watches(Res::Vm, 1, WAIT).await);
+    c.fake.wait_watches(Res::Vm, 1, WAIT).await;
     let ns = |i: u64| format!("ns-{}", i % 7);
     let name = |i: u64| format!("vm-{i:05}");
 
@@ -575,10 +555,7 @@ async fn relist_after_410_converges_without_loss_or_duplicates() {
         c.fake.count(Some(Verb::List), Some(Res::Vm)) >= lists + 3,
         "relisted"
     );
-    assert!(
-        c.fake.wait_watches(Res::Vm, 1, WAIT).await,
-        "watching again"
-    );
+    c.fake.wait_watches(Res::Vm, 1, WAIT).await; // watching again
 
     let gets = c.fake.count(Some(Verb::Get), None);
     assert_bootonce_patch(&c.mutate_vmi("ns-new", "vm-new", &uid(5000)).await);
@@ -605,7 +582,7 @@ async fn relist_after_410_converges_without_loss_or_duplicates() {
     let lists = c.fake.count(Some(Verb::List), Some(Res::Vm));
     c.fake.force_gone_next_watch(Res::Vm);
     c.fake.close_watches(Res::Vm);
-    eventually("relisted again", WAIT, || async {
+    wait_until("relisted again", WAIT, || async {
         c.fake.count(Some(Verb::List), Some(Res::Vm)) >= lists + 3
             && c.fake.open_watches(Res::Vm) == 1
     })
@@ -639,7 +616,7 @@ async fn changes_during_an_outage_are_honoured_at_once_and_cached_within_5s() {
         c.fake
             .apply_silently(Res::Vm, vm("tenant-a", "fresh", 3, "BootOnce"));
         c.fake.force_gone_next_watch(Res::Vm);
-        eventually("the cache knows it is stale", WAIT, || async {
+        wait_until("the cache knows it is stale", WAIT, || async {
             c.server.metric(STALE).await == 1.0
         })
         .await;
@@ -662,7 +639,7 @@ async fn changes_during_an_outage_are_honoured_at_once_and_cached_within_5s() {
         assert_bootonce_patch(&c.mutate_vmi("tenant-a", "fresh", &uid(3)).await);
 
         // And soon from the cache again, without GETs.
-        eventually(
+        wait_until(
             "owners from the cache again",
             Duration::from_secs(5),
             || async {
@@ -710,10 +687,7 @@ async fn a_relist_in_one_watched_namespace_sweeps_only_that_namespace() {
     )
     .await;
     c.wait_ready().await;
-    assert!(
-        c.fake.wait_watches(Res::Vm, 2, WAIT).await,
-        "one watch per namespace"
-    );
+    c.fake.wait_watches(Res::Vm, 2, WAIT).await; // one watch per namespace
     c.wait_cached_vms(2 * PER_NS as usize).await;
 
     // Both watches end; the first to come back is told its history is gone
@@ -721,7 +695,7 @@ async fn a_relist_in_one_watched_namespace_sweeps_only_that_namespace() {
     let lists = c.fake.count(Some(Verb::List), Some(Res::Vm));
     c.fake.force_gone_next_watch(Res::Vm);
     c.fake.close_watches(Res::Vm);
-    eventually(
+    wait_until(
         "one namespace relisted and both watch again",
         WAIT,
         || async {
@@ -744,7 +718,7 @@ async fn a_relist_in_one_watched_namespace_sweeps_only_that_namespace() {
     // The relist completed (its sweep runs at its end) and swept nothing of
     // the other namespace, whose entries carry another watch's list
     // generation.
-    eventually("the relist completed", WAIT, || async {
+    wait_until("the relist completed", WAIT, || async {
         c.server
             .metric("kubevirt_reboot_webhook_vm_cache_stale")
             .await
@@ -805,10 +779,7 @@ async fn failing_watches_retry_on_the_short_backoff() {
     );
     // And both come back within the longest delay once lists succeed.
     for r in [Res::Vm, Res::KubeVirt] {
-        assert!(
-            c.fake.wait_watches(r, 1, Duration::from_secs(5)).await,
-            "{r:?}"
-        );
+        c.fake.wait_watches(r, 1, Duration::from_secs(5)).await;
     }
     c.wait_ready().await;
 }

@@ -509,16 +509,10 @@ impl FakeApi {
         self.inner.control(r).open_watches.load(Ordering::SeqCst)
     }
 
-    /// Waits until `r` has at least `n` open watches; false on timeout.
-    pub async fn wait_watches(&self, r: Res, n: usize, timeout: Duration) -> bool {
-        let end = tokio::time::Instant::now() + timeout;
-        while self.open_watches(r) < n {
-            if tokio::time::Instant::now() >= end {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        true
+    /// Waits until `r` has at least `n` open watches; panics after `timeout`.
+    pub async fn wait_watches(&self, r: Res, n: usize, timeout: Duration) {
+        let what = format!("{n} open {r:?} watches");
+        super::wait_until(&what, timeout, || async { self.open_watches(r) >= n }).await;
     }
 
     // ---- faults ----
