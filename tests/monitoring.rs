@@ -18,7 +18,7 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use promql_parser::parser::{self, Expr, LabelModifier};
 use serde_json::{json, Value};
@@ -374,18 +374,6 @@ fn exposition(text: &str) -> (BTreeMap<String, BTreeSet<String>>, BTreeSet<Strin
     (samples, families)
 }
 
-/// The real binary, killed when dropped (also when the test fails).
-struct Webhook {
-    proc: Spawned,
-    log: std::path::PathBuf,
-}
-
-impl Webhook {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
 fn review(kind: &str, operation: &str, object: Value) -> String {
     json!({
         "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
@@ -414,36 +402,19 @@ async fn live_metrics() -> String {
     );
     let kubeconfig = fake.kubeconfig();
     let certs = Certs::new();
-    let log = certs.dir.path().join("server.log");
     let mut cmd = serve_command(&certs);
     cmd.arg("--kubeconfig")
         .arg(kubeconfig.path())
-        .args(["--shutdown-delay", "0s"])
-        .stderr(std::fs::File::create(&log).expect("log file"));
-    let proc = Spawned::start(&mut cmd, Duration::from_secs(30));
-    let (port, metrics_port) = (proc.addr.port(), proc.metrics_addr.port());
-    let mut server = Webhook { proc, log };
+        .args(["--shutdown-delay", "0s"]);
+    let log = certs.dir.path().join("server.log");
+    let mut server = Spawned::start_logged(&mut cmd, Duration::from_secs(30), &log);
+    server.wait_ready(Duration::from_secs(30)).await;
+    let (port, metrics_port) = (server.addr.port(), server.metrics_addr.port());
     let http = reqwest::Client::builder()
         .no_proxy()
         .build()
         .expect("client");
     let metrics = format!("http://127.0.0.1:{metrics_port}");
-    let started = Instant::now();
-    loop {
-        let ready = http.get(format!("{metrics}/readyz")).send().await;
-        if ready.is_ok_and(|r| r.status().as_u16() == 200) {
-            break;
-        }
-        if let Ok(Some(status)) = server.proc.child.try_wait() {
-            panic!("server exited with {status}:\n{}", server.log());
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "not ready:\n{}",
-            server.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 
     let client = support::client(&certs.ca_pem, false);
     let base = format!("https://localhost:{port}");

@@ -693,15 +693,6 @@ impl Proc {
         &mut self.server.child
     }
 
-    async fn ready(&self) {
-        let url = self.server.metrics_url("/readyz");
-        wait_until("server ready", Duration::from_secs(10), || {
-            let url = url.clone();
-            async move { matches!(reqwest::get(&url).await, Ok(r) if r.status() == 200) }
-        })
-        .await;
-    }
-
     async fn metric(&self, series: &str) -> f64 {
         metric(self.server.metrics_addr, series).await
     }
@@ -748,7 +739,7 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitS
 #[tokio::test]
 async fn sigterm_drains_in_flight_requests_and_drops_none() {
     let mut p = Proc::spawn(&["--shutdown-delay", "2s", "--drain-timeout", "30s"]);
-    p.ready().await;
+    p.server.wait_ready(Duration::from_secs(10)).await;
     let (addr, ca) = (p.addr(), p.certs.ca_pem.clone());
     // Slow requests, admitted before the signal, whose bodies are completed
     // only once the listener is closed (after the delay).
@@ -831,7 +822,7 @@ async fn sigterm_drains_in_flight_requests_and_drops_none() {
 #[tokio::test]
 async fn second_signal_exits_immediately() {
     let mut p = Proc::spawn(&["--shutdown-delay", "60s"]);
-    p.ready().await;
+    p.server.wait_ready(Duration::from_secs(10)).await;
     p.server.signal(libc::SIGTERM);
     // The first signal was handled: readiness fails, the process stays.
     let readyz = p.server.metrics_url("/readyz");
@@ -857,8 +848,8 @@ async fn second_signal_exits_immediately() {
 
 #[tokio::test]
 async fn bad_input_is_logged_at_warn() {
-    let p = Proc::spawn(&[]);
-    p.ready().await;
+    let mut p = Proc::spawn(&[]);
+    p.server.wait_ready(Duration::from_secs(10)).await;
     p.post_malformed_review().await;
     let logs = p.logs();
     assert!(
@@ -871,8 +862,8 @@ async fn bad_input_is_logged_at_warn() {
 /// Logs go to a pipe in a pod (`kubectl logs`): plain text, no colour codes.
 #[tokio::test]
 async fn text_logs_carry_no_colour_codes_into_a_pipe() {
-    let p = Proc::spawn_logging("text", &[]);
-    p.ready().await;
+    let mut p = Proc::spawn_logging("text", &[]);
+    p.server.wait_ready(Duration::from_secs(10)).await;
     p.post_malformed_review().await;
     let lines = p.stderr.lock().unwrap().clone();
     assert!(

@@ -15,19 +15,15 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use support::fake_api::{kubevirt_cr, realistic_vm, uid, Down, FakeApi, Res};
 use support::{
-    fixtures, metric, post_json, read_json, serve_command, tls_post, wait_until, Certs, Spawned,
+    bin_command, fixtures, metric, post_json, read_json, serve_command, tls_post, wait_until,
+    Certs, Spawned,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// `serve` with `args` and `env` (every other `REBOOT_WEBHOOK_*` variable
-/// removed, so the developer's environment cannot change the outcome).
+/// removed by `serve_command`).
 fn spawn(certs: &Certs, args: &[&str], env: &[(&str, &str)]) -> Spawned {
     let mut cmd = serve_command(certs);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("REBOOT_WEBHOOK_") {
-            cmd.env_remove(k);
-        }
-    }
     cmd.args(args)
         .envs(env.iter().copied())
         .env_remove("RUST_LOG")
@@ -60,15 +56,6 @@ async fn post(certs: &Certs, url: &str, body: &Value) -> (u16, Value) {
         body.to_string(),
     )
     .await
-}
-
-/// Waits until the server's `/readyz` answers 200.
-async fn ready(server: &Spawned) {
-    let url = server.metrics_url("/readyz");
-    wait_until("ready", Duration::from_secs(30), || async {
-        reqwest_status(&url).await.0 == 200
-    })
-    .await;
 }
 
 /// Every fixture of `dir` with its endpoint and expected answer.
@@ -330,16 +317,8 @@ async fn environment_variables_configure_serve() {
     let certs = Certs::new();
     let (cert, key) = (certs.cert(), certs.key());
     let objects = objects();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kubevirt-reboot-webhook"));
-    cmd.arg("serve")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("REBOOT_WEBHOOK_") {
-            cmd.env_remove(k);
-        }
-    }
+    let mut cmd = bin_command();
+    cmd.arg("serve").stderr(Stdio::null());
     cmd.envs([
         ("REBOOT_WEBHOOK_LISTEN", "127.0.0.1:0"),
         ("REBOOT_WEBHOOK_METRICS_LISTEN", "127.0.0.1:0"),
@@ -434,19 +413,10 @@ async fn the_deployments_args_start_the_server() {
         .unwrap_or_default();
     args.push(format!("--kubeconfig={}", kubeconfig.path().display()));
     assert_eq!(args[0], "serve", "{args:?}");
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kubevirt-reboot-webhook"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("REBOOT_WEBHOOK_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.args(&args)
-        .envs(env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let server = Spawned::start(&mut cmd, Duration::from_secs(30));
-    ready(&server).await;
+    let mut cmd = bin_command();
+    cmd.args(&args).envs(env).stderr(Stdio::null());
+    let mut server = Spawned::start(&mut cmd, Duration::from_secs(30));
+    server.wait_ready(Duration::from_secs(30)).await;
     let review = read_json(&fixtures().join("gate-on/02-vm-lowercase-terminate.validate.json"));
     let (_, got) = post(&certs, &server.url("/validate"), &review).await;
     assert_eq!(got["response"]["allowed"], false, "{got}");
@@ -668,7 +638,7 @@ async fn every_error_class_counts_its_failure() {
     let kubeconfig = fake.kubeconfig();
     let certs = Certs::new();
     let kc = kubeconfig.path().display().to_string();
-    let server = spawn(
+    let mut server = spawn(
         &certs,
         &[
             "--kubeconfig",
@@ -680,7 +650,7 @@ async fn every_error_class_counts_its_failure() {
         ],
         &[],
     );
-    ready(&server).await;
+    server.wait_ready(Duration::from_secs(30)).await;
     let mut want = vec![0.0; ERROR_CLASSES.len()];
     assert_eq!(error_counts(&server).await, want, "{ERROR_CLASSES:?}");
     let bump = |want: &mut Vec<f64>, class: &str| {
@@ -815,7 +785,7 @@ async fn watch_namespace_caches_only_those_namespaces() {
     let kubeconfig = fake.kubeconfig();
     let certs = Certs::new();
     let kc = kubeconfig.path().display().to_string();
-    let server = spawn(
+    let mut server = spawn(
         &certs,
         &[
             "--kubeconfig",
@@ -827,7 +797,7 @@ async fn watch_namespace_caches_only_those_namespaces() {
         ],
         &[],
     );
-    ready(&server).await;
+    server.wait_ready(Duration::from_secs(30)).await;
     assert_eq!(
         metric(
             server.metrics_addr,

@@ -25,7 +25,6 @@
 
 mod support;
 
-use std::io::Read as _;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -90,23 +89,6 @@ fn rss(pid: u32) -> (u64, u64) {
 /// Resets `VmHWM` to the current RSS (Linux `clear_refs` value 5).
 fn reset_peak(pid: u32) -> bool {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok()
-}
-
-/// The spawned server (killed when dropped) and its log file.
-struct Server {
-    proc: Spawned,
-    log: std::path::PathBuf,
-}
-
-impl Server {
-    fn log_tail(&self) -> String {
-        let mut s = String::new();
-        if let Ok(mut f) = std::fs::File::open(&self.log) {
-            let _ = f.read_to_string(&mut s);
-        }
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
 }
 
 /// Lists the whole collection the way the watcher does (pages of 500)
@@ -240,31 +222,12 @@ async fn run(n: u64, requests: usize, relist: bool) -> Run {
     cmd.arg("--kubeconfig")
         .arg(kubeconfig.path())
         .args(["--shutdown-delay", "0s"])
-        .env("RUST_LOG", "warn,kubevirt_reboot_webhook::cluster=info")
-        .stderr(std::fs::File::create(&log).expect("log file"));
-    let proc = Spawned::start(&mut cmd, Duration::from_secs(60));
-    let mut server = Server { proc, log };
-    let pid = server.proc.id();
-    let port = server.proc.addr.port();
-    let metrics = format!("http://{}", server.proc.metrics_addr);
-
-    // Ready?
-    loop {
-        if let Ok(r) = http.get(format!("{metrics}/readyz")).send().await {
-            if r.status().as_u16() == 200 {
-                break;
-            }
-        }
-        if let Ok(Some(status)) = server.proc.child.try_wait() {
-            panic!("server exited with {status}:\n{}", server.log_tail());
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "not ready after 5 minutes:\n{}",
-            server.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+        .env("RUST_LOG", "warn,kubevirt_reboot_webhook::cluster=info");
+    let mut server = Spawned::start_logged(&mut cmd, Duration::from_secs(60), &log);
+    let pid = server.id();
+    let port = server.addr.port();
+    let metrics = format!("http://{}", server.metrics_addr);
+    server.wait_ready(Duration::from_secs(300)).await;
     out.ready = started.elapsed();
     let cached = metric(&http, &metrics, "kubevirt_reboot_webhook_vm_cache_objects").await;
     assert_eq!(cached, Some(n as f64), "cache size at ready");
@@ -321,7 +284,7 @@ async fn run(n: u64, requests: usize, relist: bool) -> Run {
             assert!(
                 t.elapsed() < Duration::from_secs(300),
                 "relist did not finish:\n{}",
-                server.log_tail()
+                server.log_tail(20)
             );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

@@ -32,9 +32,7 @@
 
 mod support;
 
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -45,7 +43,9 @@ use serde_json::Value;
 use support::fake_api::{
     kubevirt_cr, realistic_vm, realistic_vmi_create, uid, Down, FakeApi, Options, Res,
 };
-use support::{bootonce_stamp, decoded_patch, fixtures, read_json, Rng, Spawned};
+use support::{
+    bootonce_stamp, decoded_patch, fixtures, read_json, serve_command_for, Rng, Spawned,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -165,23 +165,6 @@ impl Ca {
 
     fn pem(&self) -> String {
         self.issuer.pem()
-    }
-}
-
-/// The spawned server (killed when dropped) and its log.
-struct Server {
-    proc: Spawned,
-    log: PathBuf,
-}
-
-impl Server {
-    fn log_tail(&self) -> String {
-        let mut s = String::new();
-        if let Ok(mut f) = std::fs::File::open(&self.log) {
-            let _ = f.read_to_string(&mut s);
-        }
-        let lines: Vec<&str> = s.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
     }
 }
 
@@ -554,46 +537,20 @@ async fn soak() {
     let mut ca = Ca::new(dir.path());
     let ca_pem = ca.pem();
     let kubeconfig = fake.kubeconfig();
-    let log = dir.path().join("server.log");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubevirt-reboot-webhook"));
-    cmd.arg("serve")
-        .args(["--listen", "127.0.0.1:0"])
-        .args(["--metrics-listen", "127.0.0.1:0"])
-        .arg("--tls-cert")
-        .arg(dir.path().join("tls.crt"))
-        .arg("--tls-key")
-        .arg(dir.path().join("tls.key"))
-        .arg("--kubeconfig")
+    let mut cmd = serve_command_for(&dir.path().join("tls.crt"), &dir.path().join("tls.key"));
+    cmd.arg("--kubeconfig")
         .arg(kubeconfig.path())
         .args(["--header-read-timeout", &format!("{HEADER_READ_TIMEOUT}s")])
         .args(["--shutdown-delay", "0s"])
-        .env("RUST_LOG", "warn,kubevirt_reboot_webhook::cluster=info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap());
-    let mut server = Server {
-        proc: Spawned::start(&mut cmd, Duration::from_secs(60)),
-        log,
-    };
-    let pid = server.proc.id();
-    let metrics_base = format!("http://{}", server.proc.metrics_addr);
-    let base = server.proc.url("");
-    let addr = server.proc.addr.to_string();
+        .env("RUST_LOG", "warn,kubevirt_reboot_webhook::cluster=info");
+    let log = dir.path().join("server.log");
+    let mut server = Spawned::start_logged(&mut cmd, Duration::from_secs(60), &log);
+    let pid = server.id();
+    let metrics_base = format!("http://{}", server.metrics_addr);
+    let base = server.url("");
+    let addr = server.addr.to_string();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    let ready_by = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = http.get(format!("{metrics_base}/readyz")).send().await {
-            if r.status().as_u16() == 200 {
-                break;
-            }
-        }
-        assert!(
-            Instant::now() < ready_by,
-            "not ready in 30 s:\n{}",
-            server.log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    server.wait_ready(Duration::from_secs(30)).await;
 
     let tally = Arc::new(Tally::default());
     let mut tasks = Vec::new();
@@ -622,8 +579,8 @@ async fn soak() {
     eprintln!("     t      RSS   fds  threads  in-flight  stale");
     while start.elapsed() < duration {
         let now = start.elapsed();
-        if let Ok(Some(status)) = server.proc.child.try_wait() {
-            panic!("the server exited ({status}):\n{}", server.log_tail());
+        if let Ok(Some(status)) = server.child.try_wait() {
+            panic!("the server exited ({status}):\n{}", server.log_tail(30));
         }
         if now >= next_sample {
             next_sample += SAMPLE_EVERY;
@@ -826,7 +783,7 @@ async fn soak() {
         problems.is_empty(),
         "soak FAILED:\n{}\n{}",
         problems.join("\n"),
-        server.log_tail()
+        server.log_tail(30)
     );
     println!("\nsoak PASS");
     drop(server);

@@ -53,15 +53,34 @@ pub fn serve_flag_env_names() -> std::collections::BTreeSet<String> {
 /// metrics both on loopback port 0 (the kernel picks), TLS from `certs`,
 /// stdout piped so that [`Spawned::start`] can read the bound addresses.
 pub fn serve_command(certs: &Certs) -> std::process::Command {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kubevirt-reboot-webhook"));
+    serve_command_for(&certs.cert(), &certs.key())
+}
+
+/// [`serve_command`] serving the certificate and key files given.
+pub fn serve_command_for(cert: &Path, key: &Path) -> std::process::Command {
+    let mut cmd = bin_command();
     cmd.arg("serve")
         .args(["--listen", "127.0.0.1:0"])
         .args(["--metrics-listen", "127.0.0.1:0"])
         .arg("--tls-cert")
-        .arg(certs.cert())
+        .arg(cert)
         .arg("--tls-key")
-        .arg(certs.key())
-        .stdin(std::process::Stdio::null())
+        .arg(key);
+    cmd
+}
+
+/// The binary as a child process: stdin closed, stdout piped (for
+/// [`Spawned::start`]), and none of the test process's `REBOOT_WEBHOOK_*`
+/// variables passed on, so the developer's environment cannot change the
+/// outcome.
+pub fn bin_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_kubevirt-reboot-webhook"));
+    for (k, _) in std::env::vars_os() {
+        if k.to_str().is_some_and(|k| k.starts_with("REBOOT_WEBHOOK_")) {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped());
     cmd
 }
@@ -72,6 +91,8 @@ pub struct Spawned {
     pub child: std::process::Child,
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    /// Where its stderr goes, when started by [`Spawned::start_logged`].
+    pub log: Option<PathBuf>,
 }
 
 impl Spawned {
@@ -107,6 +128,53 @@ impl Spawned {
             child,
             addr,
             metrics_addr,
+            log: None,
+        }
+    }
+
+    /// [`Spawned::start`] with the child's stderr written to the file `log`.
+    pub fn start_logged(cmd: &mut std::process::Command, timeout: Duration, log: &Path) -> Spawned {
+        cmd.stderr(std::fs::File::create(log).expect("log file"));
+        let mut spawned = Spawned::start(cmd, timeout);
+        spawned.log = Some(log.to_owned());
+        spawned
+    }
+
+    /// The last `n` lines of the log ("" without one).
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = self
+            .log
+            .as_ref()
+            .and_then(|l| std::fs::read_to_string(l).ok())
+            .unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Polls `/readyz` every 10 ms until it answers 200; panics, with the
+    /// log's tail, when the process exits or `timeout` passes first.
+    pub async fn wait_ready(&mut self, timeout: Duration) {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client");
+        let url = self.metrics_url("/readyz");
+        let start = std::time::Instant::now();
+        loop {
+            if let Ok(r) = http.get(&url).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("serve exited with {status}:\n{}", self.log_tail(30));
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "serve not ready after {timeout:?}:\n{}",
+                self.log_tail(30)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
