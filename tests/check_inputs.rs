@@ -7,18 +7,13 @@
 // code, and clippy.toml's test exemption misses integration-test helpers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::{json, Value};
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kubevirt-reboot-webhook"))
-}
-
-fn examples() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
-}
+use support::{bin_command, examples};
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -26,7 +21,7 @@ fn stderr(o: &Output) -> String {
 
 /// `check --output json ARGS`: the judged objects (exit 0 or 1 expected).
 fn judged(args: &[&str], paths: &[&Path]) -> (i32, Vec<Value>) {
-    let out = bin()
+    let out = bin_command()
         .args(["check", "--output", "json"])
         .args(args)
         .args(paths)
@@ -164,7 +159,7 @@ fn errors_name_file_document_and_position_once() {
         format!("{}\n---\n{{\n  \"kind\": [1, 2}}\n", vm("a", "Always")),
     )
     .unwrap();
-    let out = bin().arg("check").arg(&broken).output().unwrap();
+    let out = bin_command().arg("check").arg(&broken).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(
@@ -177,13 +172,13 @@ fn errors_name_file_document_and_position_once() {
         ("/nonexistent/vm.yaml", "No such file or directory"),
         ("/nonexistent-dir/", "No such file or directory"),
     ] {
-        let out = bin().args(["check", path]).output().unwrap();
+        let out = bin_command().args(["check", path]).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{path}");
         let err = stderr(&out);
         assert!(err.contains(&format!("cannot read {path}")), "{err}");
         assert_eq!(err.matches(os).count(), 1, "{path}: once: {err}");
     }
-    let out = bin()
+    let out = bin_command()
         .args(["check", "--objects", "/nonexistent/objects"])
         .arg(examples().join("terminate-vm.yaml"))
         .output()

@@ -5,22 +5,17 @@
 // code, and clippy.toml's test exemption misses integration-test helpers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_kubevirt-reboot-webhook"))
-}
-
-fn examples() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
-}
+use support::{bin_command, examples};
 
 #[test]
 fn certs_writes_a_ca_and_a_serving_certificate_for_the_hosts() {
     let dir = tempfile::tempdir().unwrap();
-    let out = bin()
+    let out = bin_command()
         .args(["certs", "--out"])
         .arg(dir.path())
         .args(["--host", "hook.example.svc", "--host", "10.0.0.7"])
@@ -70,7 +65,7 @@ fn certs_writes_a_ca_and_a_serving_certificate_for_the_hosts() {
 
 #[test]
 fn check_exit_codes_and_text_output() {
-    let ok = bin()
+    let ok = bin_command()
         .arg("check")
         .arg(examples().join("bootonce-vm.yaml"))
         .arg(examples().join("terminate-vm.yaml"))
@@ -92,7 +87,7 @@ fn check_exit_codes_and_text_output() {
         "{text}"
     );
 
-    let denied = bin()
+    let denied = bin_command()
         .arg("check")
         .arg(examples().join("invalid/bootonce-with-reboot.yaml"))
         .output()
@@ -110,7 +105,7 @@ fn check_exit_codes_and_text_output() {
     );
 
     // The gate off makes the valid examples fail, naming the gate.
-    let off = bin()
+    let off = bin_command()
         .args(["check", "--feature-gates", ""])
         .arg(examples().join("terminate-vm.yaml"))
         .output()
@@ -119,18 +114,18 @@ fn check_exit_codes_and_text_output() {
     assert!(String::from_utf8_lossy(&off.stdout).contains("RecreateVMIOnReboot"));
 
     // Usage and input errors: exit 2 with a message on stderr.
-    let missing = bin()
+    let missing = bin_command()
         .args(["check", "/nonexistent/vm.yaml"])
         .output()
         .unwrap();
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read /nonexistent/vm.yaml"));
-    let usage = bin().args(["check"]).output().unwrap();
+    let usage = bin_command().args(["check"]).output().unwrap();
     assert_eq!(usage.status.code(), Some(2));
     let dir = tempfile::tempdir().unwrap();
     let broken = dir.path().join("broken.yaml");
     std::fs::write(&broken, "kind: VirtualMachine\nspec: [unclosed\n").unwrap();
-    let bad = bin().arg("check").arg(&broken).output().unwrap();
+    let bad = bin_command().arg("check").arg(&broken).output().unwrap();
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("broken.yaml: document 1"));
     // An AdmissionReview the server would answer with 400 is an input error,
@@ -141,7 +136,7 @@ fn check_exit_codes_and_text_output() {
         r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"kind":{"group":"kubevirt.io","version":"v1","kind":"VirtualMachine"},"operation":"CREATE","object":{}}}"#,
     )
     .unwrap();
-    let bad = bin().arg("check").arg(&review).output().unwrap();
+    let bad = bin_command().arg("check").arg(&review).output().unwrap();
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert_eq!(bad.status.code(), Some(2), "{stderr}");
     assert!(
@@ -156,7 +151,7 @@ fn check_reads_stdin_and_prints_json_responses() {
         + "---\n"
         + &std::fs::read_to_string(examples().join("installer-vmi.yaml")).unwrap()
         + "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n";
-    let mut child = bin()
+    let mut child = bin_command()
         .args(["check", "--output", "json", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -34,7 +34,7 @@ fn apply(obj: &Value, response: &Value) -> Value {
 }
 
 fn example_vm() -> Value {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/bootonce-vm.yaml");
+    let path = support::examples().join("bootonce-vm.yaml");
     serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
@@ -153,8 +153,8 @@ async fn bootonce_vm_is_stored_as_once_terminate_annotation_and_its_vmis_are_sta
 
 #[test]
 fn check_shows_the_compat_rewrite() {
-    let vm = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/bootonce-vm.yaml");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubevirt-reboot-webhook"))
+    let vm = support::examples().join("bootonce-vm.yaml");
+    let out = support::bin_command()
         .args(["check", "--bootonce", "compat"])
         .arg(&vm)
         .output()
@@ -170,7 +170,7 @@ fn check_shows_the_compat_rewrite() {
         "{text}"
     );
     // Native mode shows no rewrite.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubevirt-reboot-webhook"))
+    let out = support::bin_command()
         .arg("check")
         .arg(&vm)
         .output()

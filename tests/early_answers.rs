@@ -11,12 +11,10 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::Value;
-use support::{fixtures, read_json, TestServer};
+use support::{raw_tls, sample_review, standalone_flags, TestServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -24,40 +22,12 @@ type Tls = tokio_rustls::client::TlsStream<TcpStream>;
 
 const MIB: usize = 1024 * 1024;
 
-fn review() -> Value {
-    read_json(&fixtures().join("gate-on/02-vm-lowercase-terminate.validate.json"))
-}
-
 async fn server() -> TestServer {
-    let objects = fixtures().join("objects").display().to_string();
-    TestServer::start(&[
-        "--feature-gates",
-        "RecreateVMIOnReboot",
-        "--objects",
-        &objects,
-    ])
-    .await
+    TestServer::start(&standalone_flags()).await
 }
 
 async fn connect(server: &TestServer, alpn: &[u8]) -> Tls {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls::pki_types::pem::PemObject::pem_slice_iter(server.certs.ca_pem.as_bytes()) {
-        let c: CertificateDer<'static> = c.unwrap();
-        roots.add(c).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![alpn.to_vec()];
-    let tcp = TcpStream::connect(server.addr).await.unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap()
+    raw_tls(server.addr, &server.certs.ca_pem, alpn).await
 }
 
 /// The two early answers: content type, body length declared, the status
@@ -200,7 +170,7 @@ async fn http1_client_sending_everything_first_gets_the_early_answer() {
     tls.read_to_end(&mut raw).await.unwrap();
     assert_answer("404", &raw, 404, "serves POST /validate and POST /mutate");
     // And the server goes on serving.
-    let (status, _) = server.post("/validate", &review()).await;
+    let (status, _) = server.post("/validate", &sample_review()).await;
     assert_eq!(status, 200);
     server.stop().await;
 }
@@ -299,7 +269,7 @@ async fn http2_early_answers_are_complete_and_keep_the_connection() {
     }
     // Same connection, a normal review.
     let mut client = client.ready().await.unwrap();
-    let body = review().to_string();
+    let body = sample_review().to_string();
     let req = hyper::Request::post("/validate")
         .header("content-type", "application/json")
         .header("content-length", body.len())

@@ -18,26 +18,12 @@ use std::time::{Duration, Instant};
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{json, Value};
 use support::TestCa as Ca;
-use support::{fixtures, metric, read_json, serve_command, wait_until, Certs, Spawned, TestServer};
+use support::{
+    fixtures, metric, read_json, sample_review, serve_command, standalone_flags, wait_until, Certs,
+    Spawned, TestServer,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn review() -> Value {
-    read_json(&fixtures().join("gate-on/02-vm-lowercase-terminate.validate.json"))
-}
-
-fn standalone_flags() -> Vec<String> {
-    vec![
-        "--feature-gates".into(),
-        "RecreateVMIOnReboot".into(),
-        "--objects".into(),
-        fixtures().join("objects").display().to_string(),
-    ]
-}
-
-fn strs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
 
 /// The DER of the leaf certificate the server presents to a new connection.
 async fn served_leaf(addr: std::net::SocketAddr, roots_pem: &[&str]) -> Vec<u8> {
@@ -92,7 +78,7 @@ fn request_stream(
     tokio::spawn(async move {
         let roots: Vec<&str> = roots.iter().map(String::as_str).collect();
         let reused = client_trusting(&roots);
-        let body = review().to_string();
+        let body = sample_review().to_string();
         let (mut ok, mut failed) = (0, 0);
         let mut i = 0usize;
         while stop.load(Ordering::SeqCst) == 0 {
@@ -138,7 +124,7 @@ fn secret_volume_write(dir: &Path, generation: u32, cert: &str, key: &str) {
     }
 }
 
-async fn start_with_files(cert: &Path, key: &Path, extra: &[&str]) -> TestServer {
+async fn start_with_files(cert: &Path, key: &Path, extra: &[String]) -> TestServer {
     TestServer::start_with_files(Certs::new(), cert, key, extra).await
 }
 
@@ -159,7 +145,7 @@ async fn certificate_rotation_in_place_and_by_symlink_swap() {
         } else {
             secret_volume_write(dir.path(), 1, &c1, &k1);
         }
-        let server = start_with_files(&cert, &key, &strs(&flags)).await;
+        let server = start_with_files(&cert, &key, &flags).await;
         let root_refs: Vec<&str> = roots.iter().map(String::as_str).collect();
         assert_eq!(
             served_leaf(server.addr, &root_refs).await,
@@ -266,13 +252,13 @@ async fn certificate_chain_with_intermediate() {
     std::fs::write(&cert_path, format!("{leaf}{}", inter.pem())).unwrap();
     std::fs::write(&key_path, key).unwrap();
     let flags = standalone_flags();
-    let server = start_with_files(&cert_path, &key_path, &strs(&flags)).await;
+    let server = start_with_files(&cert_path, &key_path, &flags).await;
     // The client trusts only the root: the served intermediate completes the chain.
     let client = client_trusting(&[&root.pem()]);
     let resp = client
         .post(server.url("/validate"))
         .header("content-type", "application/json")
-        .body(review().to_string())
+        .body(sample_review().to_string())
         .send()
         .await
         .expect("chain verifies");
@@ -294,7 +280,7 @@ async fn mutual_tls_with_client_name_allow_list() {
         "--client-name".into(),
         "kube-apiserver".into(),
     ]);
-    let server = TestServer::start(&strs(&flags)).await;
+    let server = TestServer::start(&flags).await;
     let ca = server.certs.ca_pem.clone();
     // Each refusal is the TLS handshake failing with the alert that says why,
     // not any later error; the allowed client gets its HTTP answer.
@@ -324,7 +310,7 @@ async fn mutual_tls_with_client_name_allow_list() {
     // Without --client-name, any certificate from the CA is accepted.
     let mut flags = standalone_flags();
     flags.extend(["--client-ca".into(), ca_path.display().to_string()]);
-    let server = TestServer::start(&strs(&flags)).await;
+    let server = TestServer::start(&flags).await;
     let client = reqwest::Client::builder()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
@@ -340,7 +326,7 @@ async fn mutual_tls_with_client_name_allow_list() {
     let status = client
         .post(server.url("/validate"))
         .header("content-type", "application/json")
-        .body(review().to_string())
+        .body(sample_review().to_string())
         .send()
         .await
         .unwrap()
@@ -360,7 +346,7 @@ async fn mtls_post(
         server_ca,
         identity,
         "/validate",
-        &review().to_string(),
+        &sample_review().to_string(),
     )
     .await
 }
@@ -445,9 +431,9 @@ impl Slow {
 #[tokio::test]
 async fn deadline_from_the_api_server_timeout_is_honoured() {
     let flags = standalone_flags();
-    let server = TestServer::start(&strs(&flags)).await;
+    let server = TestServer::start(&flags).await;
     // Half a body, then silence: the answer must come before the API server's 5 s.
-    let body = review().to_string();
+    let body = sample_review().to_string();
     let mut s = raw_tls(server.addr, &server.certs.ca_pem).await;
     let head = format!(
         "POST /validate?timeout=5s HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
@@ -528,8 +514,8 @@ async fn expect_answer(server: &TestServer, body: &str, status: u16, text: &str)
 async fn concurrency_limit_applies_back_pressure_then_recovers() {
     let mut flags = standalone_flags();
     flags.extend(["--max-concurrent-requests".into(), "1".into()]);
-    let server = TestServer::start(&strs(&flags)).await;
-    let body = review().to_string();
+    let server = TestServer::start(&flags).await;
+    let body = sample_review().to_string();
     // The client's connection is open before the clock matters.
     expect_answer(&server, &body, 200, "allowed").await;
     let a = start_slow(&server, &body).await;
@@ -544,7 +530,7 @@ async fn concurrency_limit_applies_back_pressure_then_recovers() {
 #[tokio::test]
 async fn body_byte_budget_applies_back_pressure_then_recovers() {
     // A few KiB, so that a body is several permits.
-    let mut padded = review();
+    let mut padded = sample_review();
     padded["request"]["object"]["metadata"]["annotations"]["padding"] = "x".repeat(3000).into();
     let body = padded.to_string();
     // A budget of exactly two bodies.
@@ -553,7 +539,7 @@ async fn body_byte_budget_applies_back_pressure_then_recovers() {
         "--max-body-bytes-in-flight".into(),
         (2 * body.len()).to_string(),
     ]);
-    let server = TestServer::start(&strs(&flags)).await;
+    let server = TestServer::start(&flags).await;
     expect_answer(&server, &body, 200, "allowed").await;
     // A holds one body's worth: another fits beside it (each review takes
     // its own length, not the whole budget) ...
@@ -569,9 +555,9 @@ async fn body_byte_budget_applies_back_pressure_then_recovers() {
     }
     // Once A and B are done, the budget is free again; and a body larger
     // than the whole budget is still served (it takes all of it).
-    let (status, _) = server.post("/validate", &review()).await;
+    let (status, _) = server.post("/validate", &sample_review()).await;
     assert_eq!(status, 200);
-    let mut big = review();
+    let mut big = sample_review();
     big["request"]["object"]["metadata"]["annotations"]["padding"] = "x".repeat(64 * 1024).into();
     let (status, answer) = server.post("/validate", &big).await;
     assert_eq!(status, 200, "{answer}");
@@ -582,7 +568,7 @@ async fn body_byte_budget_applies_back_pressure_then_recovers() {
 async fn slow_headers_and_silent_handshakes_are_cut_off() {
     let mut flags = standalone_flags();
     flags.extend(["--header-read-timeout".into(), "1s".into()]);
-    let server = TestServer::start(&strs(&flags)).await;
+    let server = TestServer::start(&flags).await;
     // Headers never finished.
     let mut s = raw_tls(server.addr, &server.certs.ca_pem).await;
     s.write_all(b"POST /validate HTTP/1.1\r\nHost: localhost\r\n")
@@ -608,7 +594,7 @@ async fn slow_headers_and_silent_handshakes_are_cut_off() {
     assert!(matches!(n, Ok(0) | Err(_)));
     assert!(start.elapsed() < Duration::from_secs(3));
     // The server is still fine.
-    let (status, _) = server.post("/validate", &review()).await;
+    let (status, _) = server.post("/validate", &sample_review()).await;
     assert_eq!(status, 200);
     let (_, metrics) = server.get_text(&server.metrics_url("/metrics")).await;
     assert!(
@@ -621,9 +607,9 @@ async fn slow_headers_and_silent_handshakes_are_cut_off() {
 #[tokio::test]
 async fn metrics_count_requests_by_labels() {
     let flags = standalone_flags();
-    let server = TestServer::start(&strs(&flags)).await;
-    let (_, _) = server.post("/validate", &review()).await;
-    let (_, _) = server.post("/validate", &review()).await;
+    let server = TestServer::start(&flags).await;
+    let (_, _) = server.post("/validate", &sample_review()).await;
+    let (_, _) = server.post("/validate", &sample_review()).await;
     let mutate = read_json(&fixtures().join("gate-on/08-vmi-create-bootonce-owner.mutate.json"));
     let (_, _) = server.post("/mutate", &mutate).await;
     let warn = read_json(&fixtures().join("gate-on/05-vm-terminate-rerunonfailure.validate.json"));
@@ -666,7 +652,7 @@ impl Proc {
             // Hermetic: the developer's own settings must not change the logs.
             .env_remove("RUST_LOG")
             .env_remove("NO_COLOR")
-            .args(strs(&standalone_flags()))
+            .args(standalone_flags())
             .args(extra)
             .stderr(Stdio::piped());
         let mut server = Spawned::start(&mut cmd, Duration::from_secs(30));
@@ -745,7 +731,7 @@ async fn sigterm_drains_in_flight_requests_and_drops_none() {
     // only once the listener is closed (after the delay).
     let mut slow = Vec::new();
     for i in 0..5u64 {
-        let mut r = review();
+        let mut r = sample_review();
         r["request"]["uid"] = json!(format!("slow-{i}"));
         slow.push(Slow::start(addr, &ca, r.to_string()));
     }
@@ -775,7 +761,7 @@ async fn sigterm_drains_in_flight_requests_and_drops_none() {
     let resp = client
         .post(p.server.url("/validate"))
         .header("content-type", "application/json")
-        .body(review().to_string())
+        .body(sample_review().to_string())
         .send()
         .await
         .unwrap();
@@ -882,12 +868,12 @@ async fn text_logs_carry_no_colour_codes_into_a_pipe() {
 /// connection window and the admitted review stalled until every deadline.
 #[tokio::test]
 async fn waiting_http2_bodies_do_not_stall_the_admitted_one() {
-    let mut big = review();
+    let mut big = sample_review();
     big["request"]["object"]["metadata"]["annotations"]["padding"] = "x".repeat(600 * 1024).into();
     let body = bytes::Bytes::from(big.to_string());
     let mut flags = standalone_flags();
     flags.extend(["--max-body-bytes-in-flight".into(), body.len().to_string()]);
-    let server = TestServer::start(&strs(&flags)).await;
+    let server = TestServer::start(&flags).await;
 
     let tls = raw_tls_alpn(server.addr, &server.certs.ca_pem, b"h2").await;
     let (client, conn) = h2::client::handshake(tls).await.unwrap();

@@ -15,14 +15,14 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use support::fake_api::{kubevirt_cr, realistic_vm, uid, Down, FakeApi, Res};
 use support::{
-    bin_command, fixtures, metric, post_json, read_json, serve_command, tls_post, wait_until,
-    Certs, Spawned,
+    bin_command, fixture_objects, fixtures, metric, post_json, read_json, serve_command,
+    standalone_flags, tls_post, wait_until, Certs, Spawned,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// `serve` with `args` and `env` (every other `REBOOT_WEBHOOK_*` variable
 /// removed by `serve_command`).
-fn spawn(certs: &Certs, args: &[&str], env: &[(&str, &str)]) -> Spawned {
+fn spawn(certs: &Certs, args: &[impl AsRef<std::ffi::OsStr>], env: &[(&str, &str)]) -> Spawned {
     let mut cmd = serve_command(certs);
     cmd.args(args)
         .envs(env.iter().copied())
@@ -33,19 +33,9 @@ fn spawn(certs: &Certs, args: &[&str], env: &[(&str, &str)]) -> Spawned {
 
 /// `serve` standalone: the gate on, VMs from the fixtures, plus `extra`.
 fn spawn_standalone(certs: &Certs, extra: &[&str]) -> Spawned {
-    let objects = objects();
-    let mut args = vec![
-        "--feature-gates",
-        "RecreateVMIOnReboot",
-        "--objects",
-        &objects,
-    ];
-    args.extend_from_slice(extra);
+    let mut args = standalone_flags();
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
     spawn(certs, &args, &[])
-}
-
-fn objects() -> String {
-    fixtures().join("objects").display().to_string()
 }
 
 /// POSTs `body` as JSON; the status and the parsed answer.
@@ -255,7 +245,7 @@ async fn reqwest_status(url: &str) -> (u16, String) {
 #[tokio::test]
 async fn trusted_users_groups_and_the_kubevirt_namespace() {
     let certs = Certs::new();
-    let objects = objects();
+    let objects = fixture_objects();
     let gates = [
         "--feature-gates",
         "RecreateVMIOnReboot",
@@ -316,7 +306,7 @@ async fn trusted_users_groups_and_the_kubevirt_namespace() {
 async fn environment_variables_configure_serve() {
     let certs = Certs::new();
     let (cert, key) = (certs.cert(), certs.key());
-    let objects = objects();
+    let objects = fixture_objects();
     let mut cmd = bin_command();
     cmd.arg("serve").stderr(Stdio::null());
     cmd.envs([
@@ -561,7 +551,7 @@ async fn client_ca_is_reloaded() {
     let dir = tempfile::tempdir().unwrap();
     let ca_path = dir.path().join("client-ca.crt");
     std::fs::write(&ca_path, old_ca.pem()).unwrap();
-    let objects = objects();
+    let objects = fixture_objects();
     let ca_arg = ca_path.display().to_string();
     let server = spawn(
         &certs,

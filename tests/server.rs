@@ -20,7 +20,10 @@ mod support;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
-use support::{decoded_patch, fixtures, read_json, TestServer};
+use support::{
+    bin_command, decoded_patch, examples, fixture_objects, fixtures, read_json, standalone_flags,
+    TestServer,
+};
 
 /// How many request fixtures each directory holds: a file that goes missing
 /// (or one added without its expected answer being thought about) fails.
@@ -117,19 +120,9 @@ async fn run_fixtures(server: &TestServer, dir: &str) {
     );
 }
 
-fn gate_on_flags() -> Vec<String> {
-    vec![
-        "--feature-gates".into(),
-        "RecreateVMIOnReboot".into(),
-        "--objects".into(),
-        fixtures().join("objects").display().to_string(),
-    ]
-}
-
 #[tokio::test]
 async fn fixtures_gate_on_over_http2_and_http1() {
-    let flags = gate_on_flags();
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let flags = standalone_flags();
     let mut server = TestServer::start(&flags).await;
     // ALPN negotiates HTTP/2 with a client that offers it.
     let resp = server
@@ -160,7 +153,7 @@ async fn fixtures_gate_on_over_http2_and_http1() {
 #[tokio::test]
 async fn fixtures_gate_off_with_upstream_gate_name_listed_elsewhere() {
     // "LiveMigration" only: the gate is off.
-    let objects = fixtures().join("objects").display().to_string();
+    let objects = fixture_objects();
     let server =
         TestServer::start(&["--feature-gates", "LiveMigration", "--objects", &objects]).await;
     run_fixtures(&server, "gate-off").await;
@@ -169,7 +162,7 @@ async fn fixtures_gate_off_with_upstream_gate_name_listed_elsewhere() {
 
 #[tokio::test]
 async fn upstream_gate_name_enables_the_feature() {
-    let objects = fixtures().join("objects").display().to_string();
+    let objects = fixture_objects();
     let server =
         TestServer::start(&["--feature-gates", "RebootPolicy", "--objects", &objects]).await;
     let review = read_json(&fixtures().join("gate-off/01-vm-terminate-gate-off.validate.json"));
@@ -181,8 +174,7 @@ async fn upstream_gate_name_enables_the_feature() {
 
 #[tokio::test]
 async fn dry_run_is_judged_like_a_real_request() {
-    let flags = gate_on_flags();
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let flags = standalone_flags();
     let server = TestServer::start(&flags).await;
     let real = read_json(&fixtures().join("gate-on/02-vm-lowercase-terminate.validate.json"));
     let mut dry = real.clone();
@@ -213,8 +205,7 @@ async fn raw_post(server: &TestServer, content_type: Option<&str>, body: Vec<u8>
 
 #[tokio::test]
 async fn bad_bodies_get_clear_errors_and_the_server_keeps_serving() {
-    let flags = gate_on_flags();
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let flags = standalone_flags();
     let server = TestServer::start(&flags).await;
     let good = read_json(&fixtures().join("gate-on/02-vm-lowercase-terminate.validate.json"));
     let mut no_uid = good.clone();
@@ -349,8 +340,7 @@ async fn bad_bodies_get_clear_errors_and_the_server_keeps_serving() {
 
 #[tokio::test]
 async fn unknown_paths_and_methods() {
-    let flags = gate_on_flags();
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let flags = standalone_flags();
     let server = TestServer::start(&flags).await;
     let resp = server.client.get(server.url("/nope")).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 404);
@@ -372,11 +362,10 @@ async fn unknown_paths_and_methods() {
 /// to the server's, because both call the same decision code.
 #[tokio::test]
 async fn check_and_server_agree() {
-    let flags = gate_on_flags();
-    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let flags = standalone_flags();
     let server = TestServer::start(&flags).await;
     let files = fixture_files("gate-on");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubevirt-reboot-webhook"))
+    let out = bin_command()
         .arg("check")
         .args(["--output", "json", "--objects"])
         .arg(fixtures().join("objects"))
@@ -403,8 +392,8 @@ async fn check_and_server_agree() {
     }
 
     // And for plain manifests: check's synthetic CREATE, posted to the server.
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kubevirt-reboot-webhook"))
+    let examples = examples();
+    let out = bin_command()
         .args(["check", "--output", "json", "--objects"])
         .arg(&examples)
         .arg(examples.join("installer-vmi.yaml"))

@@ -246,6 +246,32 @@ pub fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+/// The repository's `examples` directory.
+pub fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
+}
+
+/// The VirtualMachines the fixtures' VMIs are owned by, for `--objects`.
+pub fn fixture_objects() -> String {
+    fixtures().join("objects").display().to_string()
+}
+
+/// `serve` flags for a standalone server as the fixtures expect it: the
+/// gate on, VMs read from [`fixture_objects`].
+pub fn standalone_flags() -> Vec<String> {
+    vec![
+        "--feature-gates".into(),
+        "RecreateVMIOnReboot".into(),
+        "--objects".into(),
+        fixture_objects(),
+    ]
+}
+
+/// A VM CREATE that `/validate` denies (`rebootPolicy: terminate`, lower case).
+pub fn sample_review() -> Value {
+    read_json(&fixtures().join("gate-on/02-vm-lowercase-terminate.validate.json"))
+}
+
 /// POSTs `body` as JSON to `url`; the status and the answer (parsed as JSON
 /// when it is, else kept as a string).
 pub async fn post_json(client: &reqwest::Client, url: &str, body: String) -> (u16, Value) {
@@ -307,11 +333,11 @@ pub struct TestServer {
 
 impl TestServer {
     /// Starts `serve` with these extra flags (TLS and ports are filled in).
-    pub async fn start(extra: &[&str]) -> TestServer {
+    pub async fn start(extra: &[impl AsRef<str>]) -> TestServer {
         Self::start_with_certs(Certs::new(), extra).await
     }
 
-    pub async fn start_with_certs(certs: Certs, extra: &[&str]) -> TestServer {
+    pub async fn start_with_certs(certs: Certs, extra: &[impl AsRef<str>]) -> TestServer {
         let (cert, key) = (certs.cert(), certs.key());
         Self::start_with_files(certs, &cert, &key, extra).await
     }
@@ -321,7 +347,7 @@ impl TestServer {
         certs: Certs,
         cert: &Path,
         key: &Path,
-        extra: &[&str],
+        extra: &[impl AsRef<str>],
     ) -> TestServer {
         let mut argv: Vec<String> = vec![
             "serve".into(),
@@ -338,7 +364,7 @@ impl TestServer {
             "--cert-reload-interval".into(),
             "200ms".into(),
         ];
-        argv.extend(extra.iter().map(|s| (*s).to_owned()));
+        argv.extend(extra.iter().map(|s| s.as_ref().to_owned()));
         let args = serve_args(&argv).unwrap_or_else(|e| panic!("{e}"));
         let (tx, rx) = oneshot::channel::<()>();
         let started = startup::start(args, async move {
