@@ -11,12 +11,13 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::fake_api::{kubevirt_cr, realistic_vm, uid, Down, FakeApi, Res, Verb};
-use support::{bootonce_stamp, decoded_patch, wait_until, TestServer};
+use support::fake_api::{
+    kubevirt_cr, realistic_vm, realistic_vmi_create, uid, Down, FakeApi, Res, Verb,
+};
+use support::{bootonce_stamp, decoded_patch, review, serial, wait_until, TestServer};
 
 const GATE: &str = "RecreateVMIOnReboot";
 const GATE_MESSAGE: &str = "requires the feature gate RecreateVMIOnReboot";
@@ -120,80 +121,25 @@ impl Cluster {
     }
 }
 
-fn review_uid() -> String {
-    static N: AtomicU64 = AtomicU64::new(1);
-    format!(
-        "cccccccc-0000-0000-0000-{:012}",
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 /// What virt-controller sends when it creates the VMI of VM `owner`.
 fn vmi_create(ns: &str, owner: &str, owner_uid: &str) -> Value {
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": review_uid(),
-            "kind": {"group": "kubevirt.io", "version": "v1", "kind": "VirtualMachineInstance"},
-            "resource": {"group": "kubevirt.io", "version": "v1", "resource": "virtualmachineinstances"},
-            "requestKind": {"group": "kubevirt.io", "version": "v1", "kind": "VirtualMachineInstance"},
-            "name": owner,
-            "namespace": ns,
-            "operation": "CREATE",
-            "userInfo": {"username": "system:serviceaccount:kubevirt:kubevirt-controller",
-                         "groups": ["system:serviceaccounts", "system:authenticated"]},
-            "object": {
-                "apiVersion": "kubevirt.io/v1",
-                "kind": "VirtualMachineInstance",
-                "metadata": {
-                    "name": owner,
-                    "namespace": ns,
-                    "labels": {"kubevirt.io/vm": owner},
-                    "ownerReferences": [{
-                        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
-                        "name": owner, "uid": owner_uid,
-                        "controller": true, "blockOwnerDeletion": true
-                    }]
-                },
-                "spec": {
-                    "domain": {"devices": {"disks": [{"name": "root", "disk": {"bus": "virtio"}}]},
-                               "resources": {"requests": {"memory": "1Gi"}}},
-                    "volumes": [{"name": "root", "containerDisk": {"image": "quay.io/containerdisks/fedora:latest"}}]
-                }
-            },
-            "dryRun": false,
-            "options": {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"}
-        }
-    })
+    realistic_vmi_create(ns, owner, owner_uid, serial())
 }
 
 /// A user's VM CREATE with `rebootPolicy: Terminate`: needs the gate.
 fn vm_create_terminate() -> Value {
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": review_uid(),
-            "kind": {"group": "kubevirt.io", "version": "v1", "kind": "VirtualMachine"},
-            "resource": {"group": "kubevirt.io", "version": "v1", "resource": "virtualmachines"},
-            "name": "web",
-            "namespace": "default",
-            "operation": "CREATE",
-            "userInfo": {"username": "alice", "groups": ["system:authenticated"]},
-            "object": {
-                "apiVersion": "kubevirt.io/v1",
-                "kind": "VirtualMachine",
-                "metadata": {"name": "web", "namespace": "default"},
-                "spec": {
-                    "runStrategy": "Always",
-                    "template": {"spec": {"domain": {
-                        "devices": {}, "resources": {"requests": {"memory": "1Gi"}},
-                        "rebootPolicy": "Terminate"}}}
-                }
-            }
+    let vm = json!({
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachine",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {
+            "runStrategy": "Always",
+            "template": {"spec": {"domain": {
+                "devices": {}, "resources": {"requests": {"memory": "1Gi"}},
+                "rebootPolicy": "Terminate"}}}
         }
-    })
+    });
+    review("VirtualMachine", "CREATE", &vm, None)
 }
 
 /// The response is allowed and stamps the VMI as BootOnce.

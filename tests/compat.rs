@@ -8,21 +8,7 @@
 mod support;
 
 use serde_json::{json, Value};
-use support::TestServer;
-
-fn review(uid: &str, kind: &str, op: &str, obj: &Value, old: Option<&Value>) -> Value {
-    let mut r = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
-        "uid": uid,
-        "kind": {"group": "kubevirt.io", "version": "v1", "kind": kind},
-        "resource": {"group": "kubevirt.io", "version": "v1", "resource": format!("{}s", kind.to_lowercase())},
-        "namespace": "default", "name": obj["metadata"]["name"], "operation": op,
-        "userInfo": {"username": "alice", "groups": ["system:authenticated"]},
-        "object": obj, "dryRun": false}});
-    if let Some(old) = old {
-        r["request"]["oldObject"] = old.clone();
-    }
-    r
-}
+use support::{review, TestServer};
 
 fn apply(obj: &Value, response: &Value) -> Value {
     let mut out = obj.clone();
@@ -60,10 +46,7 @@ async fn bootonce_vm_is_stored_as_once_terminate_annotation_and_its_vmis_are_sta
     // 1. The user's manifest, as a CREATE.
     let vm = example_vm();
     let (status, m) = server
-        .post(
-            "/mutate",
-            &review("c-1", "VirtualMachine", "CREATE", &vm, None),
-        )
+        .post("/mutate", &review("VirtualMachine", "CREATE", &vm, None))
         .await;
     assert_eq!(status, 200);
     assert_eq!(m["response"]["allowed"], true, "{m}");
@@ -88,7 +71,7 @@ async fn bootonce_vm_is_stored_as_once_terminate_annotation_and_its_vmis_are_sta
     let (_, v) = server
         .post(
             "/validate",
-            &review("c-2", "VirtualMachine", "CREATE", &stored, None),
+            &review("VirtualMachine", "CREATE", &stored, None),
         )
         .await;
     assert_eq!(v["response"]["allowed"], true, "{v}");
@@ -99,7 +82,7 @@ async fn bootonce_vm_is_stored_as_once_terminate_annotation_and_its_vmis_are_sta
     let (_, m2) = server
         .post(
             "/mutate",
-            &review("c-3", "VirtualMachine", "UPDATE", &reapplied, Some(&stored)),
+            &review("VirtualMachine", "UPDATE", &reapplied, Some(&stored)),
         )
         .await;
     assert_eq!(apply(&reapplied, &m2["response"]), stored);
@@ -128,7 +111,7 @@ async fn bootonce_vm_is_stored_as_once_terminate_annotation_and_its_vmis_are_sta
         let (_, m) = server
             .post(
                 "/mutate",
-                &review("c-4", "VirtualMachineInstance", "CREATE", obj, None),
+                &review("VirtualMachineInstance", "CREATE", obj, None),
             )
             .await;
         let stamped = apply(obj, &m["response"]);
@@ -143,7 +126,7 @@ async fn bootonce_vm_is_stored_as_once_terminate_annotation_and_its_vmis_are_sta
         let (_, v) = server
             .post(
                 "/validate",
-                &review("c-5", "VirtualMachineInstance", "CREATE", &stamped, None),
+                &review("VirtualMachineInstance", "CREATE", &stamped, None),
             )
             .await;
         assert_eq!(v["response"]["allowed"], true, "{name}: {v}");

@@ -24,7 +24,7 @@ use promql_parser::parser::{self, Expr, LabelModifier};
 use serde_json::{json, Value};
 use support::fake_api::{kubevirt_cr, realistic_vm, FakeApi, Res};
 use support::tools;
-use support::{post_json, serve_command, Certs, Spawned};
+use support::{post_json, review, serve_command, Certs, Spawned};
 
 /// Labels Prometheus attaches to every scraped series (target labels of the
 /// ServiceMonitor: job, namespace, pod, service, container, endpoint, instance).
@@ -374,20 +374,6 @@ fn exposition(text: &str) -> (BTreeMap<String, BTreeSet<String>>, BTreeSet<Strin
     (samples, families)
 }
 
-fn review(kind: &str, operation: &str, object: Value) -> String {
-    json!({
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {
-            "uid": format!("{kind}-{operation}"),
-            "kind": {"group": "kubevirt.io", "version": "v1", "kind": kind},
-            "namespace": "vms", "operation": operation,
-            "userInfo": {"username": "alice"},
-            "object": object,
-        }
-    })
-    .to_string()
-}
-
 /// `/metrics` of the real binary in cluster mode after one request of each
 /// kind: a denial, a stamp (owner lookup), a bad request.
 async fn live_metrics() -> String {
@@ -423,7 +409,7 @@ async fn live_metrics() -> String {
     let (status, denied) = post_json(
         &client,
         &format!("{base}/validate"),
-        review("VirtualMachine", "CREATE", bad_vm),
+        review("VirtualMachine", "CREATE", &bad_vm, None).to_string(),
     )
     .await;
     assert_eq!(
@@ -441,7 +427,7 @@ async fn live_metrics() -> String {
     let (status, stamped) = post_json(
         &client,
         &format!("{base}/mutate"),
-        review("VirtualMachineInstance", "CREATE", vmi),
+        review("VirtualMachineInstance", "CREATE", &vmi, None).to_string(),
     )
     .await;
     assert_eq!(status, 200, "{stamped}");

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use support::fake_api::{kubevirt_cr, realistic_vm, uid, Down, FakeApi, Res};
 use support::{
-    bin_command, fixture_objects, fixtures, metric, post_json, read_json, serve_command,
+    bin_command, fixture_objects, fixtures, metric, post_json, read_json, review, serve_command,
     standalone_flags, tls_post, wait_until, Certs, Spawned,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -122,26 +122,20 @@ async fn warn_mode_turns_every_policy_denial_into_warnings() {
     );
 }
 
-/// What virt-controller sends when it creates the VMI of VM `owner`.
+/// A VMI CREATE by `user` in `groups`, owned by VM `owner`, with the
+/// BootOnce annotation already on it.
 fn vmi_create(ns: &str, owner: &str, owner_uid: &str, user: &str, groups: &[&str]) -> Value {
-    json!({
-        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "request": {
-            "uid": format!("eeeeeeee-0000-0000-0000-{:012}", owner.len()),
-            "kind": {"group": "kubevirt.io", "version": "v1", "kind": "VirtualMachineInstance"},
-            "resource": {"group": "kubevirt.io", "version": "v1", "resource": "virtualmachineinstances"},
-            "name": owner, "namespace": ns, "operation": "CREATE",
-            "userInfo": {"username": user, "groups": groups},
-            "object": {
-                "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
-                "metadata": {"name": owner, "namespace": ns,
-                    "annotations": {"runstrategy.kubevirt.io": "BootOnce"},
-                    "ownerReferences": [{"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
-                        "name": owner, "uid": owner_uid, "controller": true}]},
-                "spec": {"domain": {"devices": {}}}
-            }
-        }
-    })
+    let vmi = json!({
+        "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+        "metadata": {"name": owner, "namespace": ns,
+            "annotations": {"runstrategy.kubevirt.io": "BootOnce"},
+            "ownerReferences": [{"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
+                "name": owner, "uid": owner_uid, "controller": true}]},
+        "spec": {"domain": {"devices": {}}}
+    });
+    let mut r = review("VirtualMachineInstance", "CREATE", &vmi, None);
+    r["request"]["userInfo"] = json!({"username": user, "groups": groups});
+    r
 }
 
 /// In cluster mode with the API unreachable, a VMI whose owner is not

@@ -267,6 +267,38 @@ pub fn standalone_flags() -> Vec<String> {
     ]
 }
 
+/// A number not handed out before in this test process, for review uids.
+pub fn serial() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// An AdmissionReview of `operation` on `object` (a `kind` of
+/// kubevirt.io/v1, name and namespace from its metadata; `default` without
+/// one) by the user alice, with `old` as `oldObject` and a fresh uid.
+pub fn review(kind: &str, operation: &str, object: &Value, old: Option<&Value>) -> Value {
+    let meta = &object["metadata"];
+    let mut review = serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": format!("00000000-0000-0000-0000-{:012}", serial()),
+            "kind": {"group": "kubevirt.io", "version": "v1", "kind": kind},
+            "resource": {"group": "kubevirt.io", "version": "v1", "resource": format!("{}s", kind.to_lowercase())},
+            "name": meta["name"],
+            "namespace": meta["namespace"].as_str().unwrap_or("default"),
+            "operation": operation,
+            "userInfo": {"username": "alice", "groups": ["system:authenticated"]},
+            "object": object,
+            "dryRun": false
+        }
+    });
+    if let Some(old) = old {
+        review["request"]["oldObject"] = old.clone();
+    }
+    review
+}
+
 /// A VM CREATE that `/validate` denies (`rebootPolicy: terminate`, lower case).
 pub fn sample_review() -> Value {
     read_json(&fixtures().join("gate-on/02-vm-lowercase-terminate.validate.json"))
