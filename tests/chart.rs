@@ -133,7 +133,7 @@ fn normalize(objs: Vec<Value>) -> BTreeMap<Id, Value> {
         strip_helm_labels(&mut o);
         if o["metadata"]["labels"]
             .as_object()
-            .is_some_and(|m| m.is_empty())
+            .is_some_and(serde_json::Map::is_empty)
         {
             o["metadata"]
                 .as_object_mut()

@@ -46,7 +46,7 @@ fn certs_writes_a_ca_and_a_serving_certificate_for_the_hosts() {
         .value
         .general_names
         .iter()
-        .map(|n| n.to_string())
+        .map(std::string::ToString::to_string)
         .collect();
     assert!(
         names.iter().any(|n| n.contains("hook.example.svc")),

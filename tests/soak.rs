@@ -44,7 +44,8 @@ use support::fake_api::{
     kubevirt_cr, realistic_vm, realistic_vmi_create, uid, Down, FakeApi, Options, Res,
 };
 use support::{
-    bootonce_stamp, decoded_patch, fixtures, read_json, serve_command_for, Rng, Spawned,
+    bootonce_stamp, decoded_patch, fixtures, read_json, serve_command_for, LockUnpoisoned as _,
+    Rng, Spawned,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -82,19 +83,11 @@ struct Tally {
 
 impl Tally {
     fn ok(&self, what: &'static str) {
-        *self
-            .ok
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(what)
-            .or_default() += 1;
+        *self.ok.lock_unpoisoned().entry(what).or_default() += 1;
     }
     fn fail(&self, what: &str, why: String) {
         self.failures.fetch_add(1, Ordering::SeqCst);
-        let mut first = self
-            .first_failures
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut first = self.first_failures.lock_unpoisoned();
         if first.len() < 20 {
             eprintln!("FAILED {what}: {why}");
             first.push(format!("{what}: {why}"));
@@ -499,8 +492,7 @@ async fn churn(tally: Arc<Tally>, fake: Arc<FakeApi>) {
     }
     tally
         .ok
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .lock_unpoisoned()
         .insert("watch churn: VM changes", changes);
 }
 

@@ -48,6 +48,8 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 
+use super::LockUnpoisoned as _;
+
 /// The resources the fake serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Res {
@@ -225,7 +227,7 @@ struct Inner {
 
 impl Inner {
     fn store(&self) -> MutexGuard<'_, Store> {
-        self.store.lock().unwrap_or_else(|e| e.into_inner())
+        self.store.lock_unpoisoned()
     }
     fn control(&self, r: Res) -> &Control {
         &self.controls[r.index()]
@@ -446,25 +448,16 @@ impl FakeApi {
         Some(serde_json::from_slice(&s.bytes).expect("stored JSON"))
     }
 
-    /// The latest resourceVersion handed out.
-    pub fn resource_version(&self) -> u64 {
-        self.inner.store().rv
-    }
-
     // ---- requests ----
 
     /// Every request seen so far (refused connections are not requests).
     pub fn requests(&self) -> Vec<Seen> {
-        self.inner
-            .seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.inner.seen.lock_unpoisoned().clone()
     }
 
     /// Requests matching `verb` and `res` (`None` = any).
     pub fn count(&self, verb: Option<Verb>, res: Option<Res>) -> usize {
-        let seen = self.inner.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = self.inner.seen.lock_unpoisoned();
         seen.iter()
             .filter(|s| verb.is_none_or(|v| s.verb == v) && res.is_none_or(|r| s.res == Some(r)))
             .count()
@@ -477,7 +470,7 @@ impl FakeApi {
 
     /// Requests for exactly this path (query excluded).
     pub fn count_path(&self, path: &str) -> usize {
-        let seen = self.inner.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let seen = self.inner.seen.lock_unpoisoned();
         seen.iter().filter(|s| s.path == path).count()
     }
 
@@ -492,11 +485,7 @@ impl FakeApi {
 
     /// Forgets the requests seen so far.
     pub fn reset_requests(&self) {
-        self.inner
-            .seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.inner.seen.lock_unpoisoned().clear();
     }
 
     /// Connections dropped while [`Down::Refuse`].
@@ -535,12 +524,7 @@ impl FakeApi {
     /// While set, list requests for `r` get this status code (use a code the
     /// client does not retry by itself, like 500, for fast failures).
     pub fn fail_lists(&self, r: Res, code: Option<u16>) {
-        *self
-            .inner
-            .control(r)
-            .fail
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = code;
+        *self.inner.control(r).fail.lock_unpoisoned() = code;
     }
 
     /// The next watch request on `r` gets a 410 ERROR event ("too old
@@ -755,17 +739,13 @@ async fn handle(
 }
 
 fn record(inner: &Inner, verb: Verb, res: Option<Res>, path: &str, query: &str, status: u16) {
-    inner
-        .seen
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push(Seen {
-            verb,
-            res,
-            path: path.to_owned(),
-            query: query.to_owned(),
-            status,
-        });
+    inner.seen.lock_unpoisoned().push(Seen {
+        verb,
+        res,
+        path: path.to_owned(),
+        query: query.to_owned(),
+        status,
+    });
 }
 
 fn get_object(inner: &Inner, res: Res, ns: &str, name: &str) -> Response {
@@ -790,11 +770,7 @@ async fn list(
 ) -> Response {
     let mut hold = inner.control(res).hold.subscribe();
     let _ = hold.wait_for(|h| !*h).await;
-    let fail = *inner
-        .control(res)
-        .fail
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
+    let fail = *inner.control(res).fail.lock_unpoisoned();
     if let Some(code) = fail {
         return status(
             code,

@@ -366,10 +366,7 @@ pub struct TestServer {
 impl TestServer {
     /// Starts `serve` with these extra flags (TLS and ports are filled in).
     pub async fn start(extra: &[impl AsRef<str>]) -> TestServer {
-        Self::start_with_certs(Certs::new(), extra).await
-    }
-
-    pub async fn start_with_certs(certs: Certs, extra: &[impl AsRef<str>]) -> TestServer {
+        let certs = Certs::new();
         let (cert, key) = (certs.cert(), certs.key());
         Self::start_with_files(certs, &cert, &key, extra).await
     }
@@ -626,6 +623,19 @@ pub fn client(ca_pem: &str, http1: bool) -> reqwest::Client {
         .add_root_certificate(ca);
     let b = if http1 { b.http1_only() } else { b };
     b.build().expect("client")
+}
+
+/// `Mutex::lock` that shrugs off poisoning: a thread that panicked while
+/// holding the lock has failed its test already.
+pub trait LockUnpoisoned<T> {
+    fn lock_unpoisoned(&self) -> std::sync::MutexGuard<'_, T>;
+}
+
+impl<T> LockUnpoisoned<T> for std::sync::Mutex<T> {
+    fn lock_unpoisoned(&self) -> std::sync::MutexGuard<'_, T> {
+        self.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// xorshift64*: reproducible picks for the load tests without a dependency.

@@ -29,9 +29,7 @@ fn found(name: &str, path: Option<PathBuf>, how: &str) -> Option<PathBuf> {
     if let Some(p) = path {
         return Some(p);
     }
-    if in_ci() {
-        panic!("{name} is needed in CI and was not found: {how}");
-    }
+    assert!(!in_ci(), "{name} is needed in CI and was not found: {how}");
     println!("note: {name} not found ({how}); skipping");
     None
 }
