@@ -25,6 +25,16 @@ use support::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// Waits until `readyz` answers 503, as it does once SIGTERM is handled.
+async fn wait_unready(readyz: &str) {
+    wait_until(
+        "readiness fails after SIGTERM",
+        Duration::from_secs(5),
+        || async { matches!(reqwest::get(readyz).await, Ok(r) if r.status() == 503) },
+    )
+    .await;
+}
+
 /// The DER of the leaf certificate the server presents to a new connection.
 async fn served_leaf(addr: std::net::SocketAddr, roots_pem: &[&str]) -> Vec<u8> {
     let mut roots = rustls::RootCertStore::empty();
@@ -744,15 +754,7 @@ async fn sigterm_drains_in_flight_requests_and_drops_none() {
     .await;
     p.server.signal(libc::SIGTERM);
     let readyz = p.server.metrics_url("/readyz");
-    wait_until(
-        "readiness fails after SIGTERM",
-        Duration::from_secs(5),
-        || {
-            let u = readyz.clone();
-            async move { matches!(reqwest::get(&u).await, Ok(r) if r.status() == 503) }
-        },
-    )
-    .await;
+    wait_unready(&readyz).await;
     let text = reqwest::get(&readyz).await.unwrap().text().await.unwrap();
     assert!(text.contains("shutting down"), "{text}");
     // During the delay, new requests are still served: the listener is
@@ -812,15 +814,7 @@ async fn second_signal_exits_immediately() {
     p.server.signal(libc::SIGTERM);
     // The first signal was handled: readiness fails, the process stays.
     let readyz = p.server.metrics_url("/readyz");
-    wait_until(
-        "readiness fails after SIGTERM",
-        Duration::from_secs(5),
-        || {
-            let u = readyz.clone();
-            async move { matches!(reqwest::get(&u).await, Ok(r) if r.status() == 503) }
-        },
-    )
-    .await;
+    wait_unready(&readyz).await;
     assert!(
         p.child().try_wait().unwrap().is_none(),
         "still serving during the delay"

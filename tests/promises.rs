@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use support::fake_api::{kubevirt_cr, realistic_vm, uid, Down, FakeApi, Res};
 use support::{
-    bin_command, fixture_objects, fixtures, metric, post_json, read_json, review, serve_command,
-    standalone_flags, tls_post, wait_until, Certs, Spawned,
+    bin_command, fixture_objects, fixtures, metric, post_json, read_json, review, sample_review,
+    serve_command, standalone_flags, tls_post, wait_until, Certs, Spawned,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -329,7 +329,7 @@ async fn environment_variables_configure_serve() {
         1.0
     );
     // Warn mode: a denial becomes warnings.
-    let review = read_json(&fixtures().join("gate-on/02-vm-lowercase-terminate.validate.json"));
+    let review = sample_review();
     let (_, got) = post(&certs, &server.url("/validate"), &review).await;
     assert_eq!(got["response"]["allowed"], true, "{got}");
     assert_eq!(got["response"]["warnings"].as_array().unwrap().len(), 1);
@@ -401,7 +401,7 @@ async fn the_deployments_args_start_the_server() {
     cmd.args(&args).envs(env).stderr(Stdio::null());
     let mut server = Spawned::start(&mut cmd, Duration::from_secs(30));
     server.wait_ready(Duration::from_secs(30)).await;
-    let review = read_json(&fixtures().join("gate-on/02-vm-lowercase-terminate.validate.json"));
+    let review = sample_review();
     let (_, got) = post(&certs, &server.url("/validate"), &review).await;
     assert_eq!(got["response"]["allowed"], false, "{got}");
 }

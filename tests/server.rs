@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 use support::{
-    bin_command, decoded_patch, examples, fixture_objects, fixtures, read_json, standalone_flags,
-    TestServer,
+    bin_command, decoded_patch, examples, fixture_objects, fixtures, read_json, sample_review,
+    standalone_flags, TestServer,
 };
 
 /// How many request fixtures each directory holds: a file that goes missing
@@ -176,7 +176,7 @@ async fn upstream_gate_name_enables_the_feature() {
 async fn dry_run_is_judged_like_a_real_request() {
     let flags = standalone_flags();
     let server = TestServer::start(&flags).await;
-    let real = read_json(&fixtures().join("gate-on/02-vm-lowercase-terminate.validate.json"));
+    let real = sample_review();
     let mut dry = real.clone();
     dry["request"]["dryRun"] = json!(true);
     let (_, a) = server.post("/validate", &real).await;
@@ -207,7 +207,7 @@ async fn raw_post(server: &TestServer, content_type: Option<&str>, body: Vec<u8>
 async fn bad_bodies_get_clear_errors_and_the_server_keeps_serving() {
     let flags = standalone_flags();
     let server = TestServer::start(&flags).await;
-    let good = read_json(&fixtures().join("gate-on/02-vm-lowercase-terminate.validate.json"));
+    let good = sample_review();
     let mut no_uid = good.clone();
     no_uid["request"].as_object_mut().unwrap().remove("uid");
     let mut no_op = good.clone();

@@ -44,8 +44,8 @@ use support::fake_api::{
     kubevirt_cr, realistic_vm, realistic_vmi_create, uid, Down, FakeApi, Options, Res,
 };
 use support::{
-    bootonce_stamp, decoded_patch, fixtures, read_json, serve_command_for, LockUnpoisoned as _,
-    Rng, Spawned,
+    bootonce_stamp, decoded_patch, sample_review, serve_command_for, LockUnpoisoned as _, Rng,
+    Spawned,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -287,7 +287,7 @@ async fn load(tally: Arc<Tally>, ca_pem: String, base: String, mode: u8, seed: u
         1 => Some(https_client(&ca_pem, true, true)),
         _ => None,
     };
-    let invalid = read_json(&fixtures().join("gate-on/02-vm-lowercase-terminate.validate.json"));
+    let invalid = sample_review();
     let mut n = seed << 32;
     while !tally.stopped() {
         n += 1;
