@@ -146,8 +146,8 @@ pub fn read_yaml(path: &Path) -> Result<Vec<Value>, String> {
 }
 
 /// The files of `manifests/base` that hold the webhook configurations.
-/// `tests/manifests.rs` checks that every entry point (rendered by its own
-/// kustomize subset and by `kubectl kustomize`) carries exactly these
+/// `tests/manifests.rs` checks that every entry point (rendered by
+/// `kubectl kustomize`) carries exactly these
 /// conditions, except `overlays/no-match-conditions`, which has none.
 pub fn base_files() -> [PathBuf; 2] {
     let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/base");
