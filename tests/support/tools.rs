@@ -83,19 +83,22 @@ pub fn helm() -> Option<PathBuf> {
     found("helm", path, "run `make helm` or set HELM")
 }
 
-pub fn kubectl() -> Option<PathBuf> {
-    let path = std::env::var_os("KUBECTL")
+/// The program `$var` names, else `name` on PATH.
+fn env_or_path(var: &str, name: &str) -> Option<PathBuf> {
+    std::env::var_os(var)
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .or_else(|| on_path("kubectl"));
+        .or_else(|| on_path(name))
+}
+
+/// `$KUBECTL`, else kubectl on PATH (as the Makefile's `KUBECTL`).
+pub fn kubectl() -> Option<PathBuf> {
+    let path = env_or_path("KUBECTL", "kubectl");
     found("kubectl", path, "put kubectl on PATH or set KUBECTL")
 }
 
 pub fn promtool() -> Option<PathBuf> {
-    let path = std::env::var_os("PROMTOOL")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| on_path("promtool"));
+    let path = env_or_path("PROMTOOL", "promtool");
     found(
         "promtool",
         path,
