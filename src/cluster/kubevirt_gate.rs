@@ -41,6 +41,8 @@ pub fn spawn(
         // Set by a completed list; readiness is reported only once the gate
         // computed from it is in force.
         let mut listed = false;
+        // Set by a completed list that ended a run of failures.
+        let mut recovered = false;
         let synced = metrics
             .cache_synced
             .get_or_create(&CacheLabels { cache: "kubevirt" })
@@ -80,6 +82,7 @@ pub fn spawn(
                     Event::InitDone => {
                         current = relisting.take().unwrap_or_default();
                         listed = true;
+                        recovered = !last_error.is_empty();
                         backoff = super::reconnect_backoff().build();
                         last_error.clear();
                     }
@@ -113,6 +116,9 @@ pub fn spawn(
                 if std::mem::take(&mut listed) {
                     ready.store(true, Ordering::SeqCst);
                     synced.set(1);
+                }
+                if std::mem::take(&mut recovered) {
+                    tracing::info!(enabled = on, %namespace, "KubeVirt watch live again; the feature gate follows the KubeVirt resource");
                 }
             };
             // A list cut short leaves the last complete state in force.
