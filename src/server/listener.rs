@@ -169,7 +169,8 @@ fn http(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         // hyper otherwise grows each connection's read buffer to
-        // ~400 KiB and keeps it: 25 MiB for 64 connections.
+        // ~400 KiB and keeps it (RSS figures dated in bench/README.md,
+        // "Findings").
         .max_buf_size(64 * 1024);
     builder
         .http2()
