@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use backon::BackoffBuilder;
 use futures::StreamExt;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::watcher::{self, Event};
@@ -48,13 +47,15 @@ pub fn spawn(
             .get_or_create(&CacheLabels { cache: "kubevirt" })
             .clone();
         let mut last_error = String::new();
-        let mut backoff = super::reconnect_backoff().build();
+        let mut reconnect = super::Reconnect::default();
+        // Set by the first completed list.
+        let mut synced_once = false;
         // As in the VM cache, the first error ends a watcher and a fresh one
-        // relists after the next delay, which grows until a list completes.
-        // kube-runtime's `.backoff()` would not grow: the watcher yields
-        // `Event::Init` before each list attempt, and any item resets it, so
-        // a failing list was retried every 0.2-0.4 s for as long as the API
-        // failed (tests/cluster.rs, `failing_watches_retry_on_the_short_backoff`).
+        // relists after the next delay (see `Reconnect`). kube-runtime's
+        // `.backoff()` would not grow: the watcher yields `Event::Init` before
+        // each list attempt, and any item resets it, so a failing list was
+        // retried every 0.2-0.4 s for as long as the API failed
+        // (tests/cluster.rs, `failing_watches_retry_on_the_short_backoff`).
         loop {
             let mut stream =
                 std::pin::pin!(watcher::watcher(api.clone(), watcher::Config::default()));
@@ -82,8 +83,9 @@ pub fn spawn(
                     Event::InitDone => {
                         current = relisting.take().unwrap_or_default();
                         listed = true;
-                        recovered = !last_error.is_empty();
-                        backoff = super::reconnect_backoff().build();
+                        recovered = synced_once && !last_error.is_empty();
+                        synced_once = true;
+                        reconnect.live();
                         last_error.clear();
                     }
                     Event::Apply(o) => {
@@ -127,8 +129,7 @@ pub fn spawn(
                 tracing::warn!(error = %error, %namespace, "watching KubeVirt resources failed; retrying with backoff, keeping the last known gate state");
             }
             last_error = error;
-            let delay = backoff.next().unwrap_or(super::MAX_RECONNECT_DELAY);
-            tokio::time::sleep(delay).await;
+            tokio::time::sleep(reconnect.next_delay()).await;
         }
     });
     flag

@@ -6,6 +6,8 @@ pub mod vm_cache;
 
 use std::time::Duration;
 
+use backon::BackoffBuilder;
+
 use hyper::{Request, Response};
 use kube::client::retry::RetryPolicy;
 use kube::client::{Body, ClientBuilder};
@@ -17,14 +19,15 @@ use tower::BoxError;
 /// KubeVirt).
 ///
 /// kube-runtime's default (client-go's: from 0.8 s, doubling up to 30 s)
-/// spares a struggling API server, but after a 2 s outage it left the VM
-/// cache stale for more than 12 s. Being stale is safe (lookups go to the
-/// API) but costs a GET per VMI CREATE, and a gate change waits for the
-/// watch; so reconnect promptly: 0.2 s doubling to a cap of 1.5 s, each
-/// delay plus a random 0-100 % so the replicas do not retry in step; no
-/// wait is longer than [`MAX_RECONNECT_DELAY`]. While the API is down this
-/// costs it one failed list or watch call per replica and watch every
-/// 1.5-3 s, which is cheap next to the one relist that succeeds.
+/// spares a struggling API server, but leaves the VM cache stale for many
+/// seconds after a short outage. Being stale is safe (lookups go to the API)
+/// but costs a GET per VMI CREATE, and a gate change waits for the watch; so
+/// reconnect promptly: 0.2 s doubling to a cap of 1.5 s, each delay plus a
+/// random 0-100 % so the replicas do not retry in step; no wait is longer
+/// than [`MAX_RECONNECT_DELAY`]. While the API is down this costs it one
+/// failed list or watch call per replica and watch every 1.5-3 s, which is
+/// cheap next to the one relist that succeeds. `tests/cluster.rs`
+/// (`failing_watches_retry_on_the_short_backoff`) holds both bounds.
 pub fn reconnect_backoff() -> backon::ExponentialBuilder {
     backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(200))
@@ -36,6 +39,44 @@ pub fn reconnect_backoff() -> backon::ExponentialBuilder {
 
 /// The longest [`reconnect_backoff`] delay.
 pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(3);
+
+/// How long a watch must stay live before its next failure starts the
+/// delays from the shortest again (client-go's reflector waits 2 minutes).
+pub const RESET_AFTER: Duration = Duration::from_secs(60);
+
+/// When a failed watch tries again: the [`reconnect_backoff`] delays, which
+/// grow across failures and start again only once a watch stayed live for
+/// [`RESET_AFTER`]. Restarting them at every completed list would let a
+/// watch that fails right after each list (the watch verb denied, a proxy
+/// that cuts watches) relist every 0.2-0.4 s for as long as that lasts.
+pub struct Reconnect {
+    delays: backon::ExponentialBackoff,
+    live_since: Option<tokio::time::Instant>,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Reconnect {
+            delays: reconnect_backoff().build(),
+            live_since: None,
+        }
+    }
+}
+
+impl Reconnect {
+    /// A list completed: the watch is live from now.
+    pub fn live(&mut self) {
+        self.live_since = Some(tokio::time::Instant::now());
+    }
+
+    /// The watch failed: how long to wait before the next attempt.
+    pub fn next_delay(&mut self) -> Duration {
+        if (self.live_since.take()).is_some_and(|since| since.elapsed() >= RESET_AFTER) {
+            self.delays = reconnect_backoff().build();
+        }
+        self.delays.next().unwrap_or(MAX_RECONNECT_DELAY)
+    }
+}
 
 /// kube's retries of 429/503/504 answers for list and watch calls: a few,
 /// within about 3 s. kube's own policy (15 tries, doubling from 5 ms
@@ -100,8 +141,6 @@ impl<Res> Policy<Request<Body>, Response<Res>, BoxError> for NoRetryForGets {
 
 #[cfg(test)]
 mod tests {
-    use backon::BackoffBuilder;
-
     use super::*;
 
     #[test]
@@ -117,5 +156,26 @@ mod tests {
             .all(|d| *d >= Duration::from_millis(1500)));
         // Jittered: not all the same once capped.
         assert!(delays[10..].windows(2).any(|w| w[0] != w[1]));
+    }
+
+    /// Failures right after each completed list keep growing the delays;
+    /// a watch that stayed live for `RESET_AFTER` starts them again.
+    #[tokio::test(start_paused = true)]
+    async fn delays_start_again_only_after_a_long_live_watch() {
+        let mut r = Reconnect::default();
+        let mut delays = Vec::new();
+        for _ in 0..6 {
+            r.live();
+            tokio::time::advance(Duration::from_secs(1)).await;
+            delays.push(r.next_delay());
+        }
+        assert!(delays[0] < Duration::from_millis(400), "{delays:?}");
+        assert!(delays[5] >= Duration::from_millis(1500), "{delays:?}");
+        // Failing again without a completed list in between: still growing.
+        assert!(r.next_delay() >= Duration::from_millis(1500));
+        r.live();
+        tokio::time::advance(RESET_AFTER).await;
+        let first = r.next_delay();
+        assert!(first < Duration::from_millis(400), "{first:?}");
     }
 }

@@ -24,7 +24,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use backon::BackoffBuilder;
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use kube::runtime::watcher::{self, Event};
@@ -34,7 +33,7 @@ mod lean;
 
 pub use lean::{LeanSpec, LeanVm};
 
-use super::{reconnect_backoff, MAX_RECONNECT_DELAY};
+use super::Reconnect;
 use crate::admission::{RunStrategy, VmInfo};
 use crate::metrics::{CacheLabels, Metrics};
 use crate::owners::{LookupError, VmSource};
@@ -111,7 +110,7 @@ impl VmCache {
         let mut generation = 0u32;
         let mut synced = false;
         let mut last_error = String::new();
-        let mut backoff = reconnect_backoff().build();
+        let mut reconnect = Reconnect::default();
         let synced_gauge = self
             .metrics
             .cache_synced
@@ -152,7 +151,7 @@ impl VmCache {
                                 synced_gauge.set(1);
                             }
                         }
-                        backoff = reconnect_backoff().build();
+                        reconnect.live();
                         last_error.clear();
                     }
                     Ok(Event::Delete(vm)) => {
@@ -169,8 +168,7 @@ impl VmCache {
                 tracing::warn!(error = %error, scope = ?scope, "watching VirtualMachines still fails; retrying");
             }
             last_error = error;
-            let delay = backoff.next().unwrap_or(MAX_RECONNECT_DELAY);
-            tokio::time::sleep(delay).await;
+            tokio::time::sleep(reconnect.next_delay()).await;
         }
     }
 
