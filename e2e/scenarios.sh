@@ -17,6 +17,11 @@ gate_version() {
     -p "{\"status\":{\"observedKubeVirtVersion\":$1}}" >/dev/null
 }
 
+# more_lines N PATTERN FILE: FILE has more than N lines matching PATTERN.
+more_lines() {
+  [ "$(grep -c "$2" "$3" || true)" -gt "$1" ]
+}
+
 # Whether the API server, through the webhook, admits a VM with rebootPolicy.
 rebootpolicy_allowed() {
   k apply --dry-run=server -n e2e -f - >/dev/null 2>&1 <<VM
@@ -143,13 +148,17 @@ scenario_watches() {
   rev=$(etcd_call /v3/kv/range '{"key":"AA=="}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["header"]["revision"])')
   etcd_call /v3/kv/compaction "{\"revision\":\"$rev\",\"physical\":true}" >/dev/null
   log "  etcd compacted at revision $rev; kube-apiserver back"
+  # Lines logged from here on: the count of each before the restart.
+  local kv_live vm_live
+  kv_live=$(grep -c 'KubeVirt watch live again' "$W/logs/webhook.log" || true)
+  vm_live=$(grep -c 'VirtualMachine cache live again' "$W/logs/webhook.log" || true)
   start_apiserver
   # Both watches relist after any failure (neither trusts a resumed watch,
   # whose history the compaction removed) and say when they are live again.
   wait_until 60 "the KubeVirt watch to be live again after the restart" \
-    grep -q 'KubeVirt watch live again' "$W/logs/webhook.log"
+    more_lines "$kv_live" 'KubeVirt watch live again' "$W/logs/webhook.log"
   wait_until 60 "the VM cache to be live again after the restart" \
-    grep -q 'VirtualMachine cache live again' "$W/logs/webhook.log"
+    more_lines "$vm_live" 'VirtualMachine cache live again' "$W/logs/webhook.log"
   expect_eq "$(metric "$WH_METRICS" "${M}_feature_gate_enabled")" 0 "gate turned off while the webhook could not see it"
   expect_gate off >/dev/null
   gate_spec "{\"featureGates\":[\"$GATE\"]}"

@@ -270,34 +270,9 @@ fn serve_args(container: &Value) -> Result<ServeArgs, String> {
     support::serve_args(&args).map_err(|e| format!("container args: {e}"))
 }
 
-// Where `ServeArgs` keeps what the manifests must agree with: one function
-// per concern, so that a change of the argument structs touches one line.
-
-fn listen_port(a: &ServeArgs) -> u16 {
-    a.listen.port()
-}
-
-fn metrics_port(a: &ServeArgs) -> u16 {
-    a.metrics_listen.port()
-}
-
-/// The serving certificate and key files.
+/// The serving certificate and key files, with their flags.
 fn tls_files(a: &ServeArgs) -> [(&'static str, &Path); 2] {
     [("tls-cert", &a.tls.cert), ("tls-key", &a.tls.key)]
-}
-
-fn log_format(a: &ServeArgs) -> LogFormat {
-    a.log_format
-}
-
-fn bootonce(a: &ServeArgs) -> BootOnceMode {
-    a.decision.bootonce
-}
-
-/// How long `serve` may take after SIGTERM: the shutdown delay and the
-/// drain timeout.
-fn shutdown_budget(a: &ServeArgs) -> (Duration, Duration) {
-    (a.shutdown.delay, a.shutdown.drain)
 }
 
 /// A port given as a number or as the name of one of the container's ports.
@@ -570,7 +545,7 @@ fn check_env(p: &mut Vec<String>, c: &Value) {
 /// budget, and the settings every entry point fixes.
 fn check_args(p: &mut Vec<String>, dep: &Value, c: &Value, args: &ServeArgs, variant: Variant) {
     let pod = &dep["spec"]["template"]["spec"];
-    let (listen, metrics) = (listen_port(args), metrics_port(args));
+    let (listen, metrics) = (args.listen.port(), args.metrics_listen.port());
     ensure!(p, metrics == 8080, "metrics port is {metrics}, not 8080");
     for (port, what) in [(listen, "--listen"), (metrics, "--metrics-listen")] {
         ensure!(
@@ -607,22 +582,22 @@ fn check_args(p: &mut Vec<String>, dep: &Value, c: &Value, args: &ServeArgs, var
     }
     ensure!(
         p,
-        log_format(args) == LogFormat::Json,
+        args.log_format == LogFormat::Json,
         "--log-format must be json"
     );
     match variant {
         Variant::Compat => ensure!(
             p,
-            bootonce(args) == BootOnceMode::Compat,
+            args.decision.bootonce == BootOnceMode::Compat,
             "compat needs --bootonce=compat"
         ),
         _ => ensure!(
             p,
-            bootonce(args) == BootOnceMode::Native,
+            args.decision.bootonce == BootOnceMode::Native,
             "--bootonce must be native outside compat"
         ),
     }
-    let (delay, drain) = shutdown_budget(args);
+    let (delay, drain) = (args.shutdown.delay, args.shutdown.drain);
     let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap_or(30);
     ensure!(
         p,
@@ -668,7 +643,7 @@ fn check_service(p: &mut Vec<String>, objs: &[Value], c: &Value, args: Option<&S
     }
     // Where the ports lead, once the arguments say where the server listens.
     let Some(args) = args else { return };
-    let listen = u64::from(listen_port(args));
+    let listen = u64::from(args.listen.port());
     if let Some(sp) = https {
         ensure!(
             p,
@@ -677,7 +652,7 @@ fn check_service(p: &mut Vec<String>, objs: &[Value], c: &Value, args: Option<&S
             target(sp)
         );
     }
-    let metrics = u64::from(metrics_port(args));
+    let metrics = u64::from(args.metrics_listen.port());
     ensure!(
         p,
         ports

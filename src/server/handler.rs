@@ -35,8 +35,9 @@ pub async fn mutate(
     answer(&s, Endpoint::Mutate, q.as_deref(), &headers, body).await
 }
 
-/// Where a request's outcome becomes its answer: an error is counted and
-/// logged here, once.
+/// Where a request's outcome becomes its answer: every [`ApiError`] is
+/// counted and logged here, once. (A decision that misses the deadline is
+/// not an error: `judge` answers it with the "retry" verdict.)
 async fn answer(
     s: &AppState,
     endpoint: Endpoint,

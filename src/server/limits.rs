@@ -80,8 +80,8 @@ impl Budgets {
             .ok_or(ApiError::Overloaded("limit of request bytes in flight"))?;
         metrics.in_flight.inc();
         Ok(InFlight {
-            _slot: slot,
             _body: body,
+            _slot: slot,
             metrics,
         })
     }
@@ -102,8 +102,9 @@ async fn acquire(
 /// counts in `requests_in_flight`, until dropped (also when the request is
 /// cancelled).
 pub struct InFlight<'a> {
-    _slot: SemaphorePermit<'a>,
+    // Fields drop in this order: the body budget first, then the slot.
     _body: SemaphorePermit<'a>,
+    _slot: SemaphorePermit<'a>,
     metrics: &'a Metrics,
 }
 

@@ -27,7 +27,7 @@ use crate::metrics::Metrics;
 use crate::tls::TlsConfig;
 use crate::webhook::Webhook;
 
-pub use error::ApiError;
+pub(crate) use error::ApiError;
 pub use limits::Limits;
 pub use listener::Shutdown;
 

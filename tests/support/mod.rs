@@ -1,6 +1,11 @@
 //! Shared by the integration tests: certificates, an in-process server with
 //! real TLS on loopback port 0, the real binary as a child process (its
-//! bound addresses read from its stdout), and an HTTPS client that trusts it.
+//! bound addresses read from its stdout, `REBOOT_WEBHOOK_*` of the test
+//! process kept out), an HTTPS client that trusts it, the CLI parsed by
+//! clap, AdmissionReview builders and the one patch decoder, and polling
+//! (`wait_until`). `fake_api` is an in-process Kubernetes API, `tools` finds
+//! kubectl, helm and promtool, `match_conditions` evaluates the webhook
+//! configurations' CEL.
 #![allow(dead_code)]
 
 use std::io::{BufRead as _, BufReader};
