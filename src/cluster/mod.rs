@@ -41,16 +41,24 @@ pub fn reconnect_backoff() -> backon::ExponentialBuilder {
 pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(3);
 
 /// How long a watch must stay live before its next failure starts the
-/// delays from the shortest again (client-go's reflector waits 2 minutes).
+/// delays from the shortest again (client-go's reflector waits 2 minutes);
+/// also how often a completed list may start them again.
 pub const RESET_AFTER: Duration = Duration::from_secs(60);
 
 /// When a failed watch tries again: the [`reconnect_backoff`] delays, which
-/// grow across failures and start again only once a watch stayed live for
-/// [`RESET_AFTER`]. Restarting them at every completed list would let a
-/// watch that fails right after each list (the watch verb denied, a proxy
-/// that cuts watches) relist every 0.2-0.4 s for as long as that lasts.
+/// grow across failures. They start again from the shortest when a watch
+/// stayed live for [`RESET_AFTER`], and when a list completes after
+/// failures, but that at most once per [`RESET_AFTER`]: the first failure
+/// after an outage (a watch that meets 410 Gone right after the relist) is
+/// retried at once, while a watch that fails right after every list (the
+/// watch verb denied, a proxy that cuts watches) backs off instead of
+/// relisting every 0.2-0.4 s for as long as that lasts.
 pub struct Reconnect {
     delays: backon::ExponentialBackoff,
+    /// Failures since the delays last started again.
+    failures: u32,
+    /// When a completed list last started the delays again.
+    list_reset: Option<tokio::time::Instant>,
     live_since: Option<tokio::time::Instant>,
 }
 
@@ -58,6 +66,8 @@ impl Default for Reconnect {
     fn default() -> Self {
         Reconnect {
             delays: reconnect_backoff().build(),
+            failures: 0,
+            list_reset: None,
             live_since: None,
         }
     }
@@ -66,15 +76,29 @@ impl Default for Reconnect {
 impl Reconnect {
     /// A list completed: the watch is live from now.
     pub fn live(&mut self) {
-        self.live_since = Some(tokio::time::Instant::now());
+        let now = tokio::time::Instant::now();
+        let may_reset = self
+            .list_reset
+            .is_none_or(|at| now.duration_since(at) >= RESET_AFTER);
+        if self.failures > 0 && may_reset {
+            self.restart();
+            self.list_reset = Some(now);
+        }
+        self.live_since = Some(now);
     }
 
     /// The watch failed: how long to wait before the next attempt.
     pub fn next_delay(&mut self) -> Duration {
         if (self.live_since.take()).is_some_and(|since| since.elapsed() >= RESET_AFTER) {
-            self.delays = reconnect_backoff().build();
+            self.restart();
         }
+        self.failures = self.failures.saturating_add(1);
         self.delays.next().unwrap_or(MAX_RECONNECT_DELAY)
+    }
+
+    fn restart(&mut self) {
+        self.delays = reconnect_backoff().build();
+        self.failures = 0;
     }
 }
 
@@ -158,24 +182,47 @@ mod tests {
         assert!(delays[10..].windows(2).any(|w| w[0] != w[1]));
     }
 
-    /// Failures right after each completed list keep growing the delays;
-    /// a watch that stayed live for `RESET_AFTER` starts them again.
+    /// After an outage, the first completed list starts the delays again;
+    /// failures right after each later list keep growing them, until a
+    /// minute passed or a watch stayed live for one.
     #[tokio::test(start_paused = true)]
-    async fn delays_start_again_only_after_a_long_live_watch() {
+    async fn delays_start_again_once_a_minute_or_after_a_long_live_watch() {
+        let short = Duration::from_millis(400);
         let mut r = Reconnect::default();
-        let mut delays = Vec::new();
-        for _ in 0..6 {
+        r.live();
+        // An outage: failing lists, growing delays.
+        let outage: Vec<Duration> = (0..5).map(|_| r.next_delay()).collect();
+        assert!(
+            outage[0] < short && outage[4] >= Duration::from_millis(1500),
+            "{outage:?}"
+        );
+        // The list after it completes; its watch fails at once: retried at once.
+        r.live();
+        assert!(r.next_delay() < short);
+        // The same again and again within the minute: the delays grow.
+        let mut storm = Vec::new();
+        for _ in 0..5 {
             r.live();
             tokio::time::advance(Duration::from_secs(1)).await;
-            delays.push(r.next_delay());
+            storm.push(r.next_delay());
         }
-        assert!(delays[0] < Duration::from_millis(400), "{delays:?}");
-        assert!(delays[5] >= Duration::from_millis(1500), "{delays:?}");
-        // Failing again without a completed list in between: still growing.
-        assert!(r.next_delay() >= Duration::from_millis(1500));
+        assert!(storm[4] >= Duration::from_millis(1500), "{storm:?}");
+        // A minute after the last start, a completed list starts them again.
+        tokio::time::advance(RESET_AFTER).await;
+        r.live();
+        assert!(r.next_delay() < short);
+        // And a watch that stayed live for a minute does too.
+        for _ in 0..5 {
+            r.next_delay();
+        }
+        r.live();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(
+            r.next_delay() >= Duration::from_millis(800),
+            "within the minute"
+        );
         r.live();
         tokio::time::advance(RESET_AFTER).await;
-        let first = r.next_delay();
-        assert!(first < Duration::from_millis(400), "{first:?}");
+        assert!(r.next_delay() < short);
     }
 }
