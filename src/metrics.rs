@@ -76,6 +76,7 @@ pub struct Metrics {
     pub errors: Family<ErrorLabels, Counter>,
     pub owner_lookups: Family<LookupLabels, Counter>,
     pub gate_enabled: Gauge,
+    pub gate_stale: Gauge,
     pub cache_synced: Family<CacheLabels, Gauge>,
     pub vm_cache_objects: Gauge,
     pub vm_cache_stale: Gauge,
@@ -130,6 +131,12 @@ impl Metrics {
             "1 when RecreateVMIOnReboot (alias RebootPolicy) is enabled",
             gate_enabled.clone(),
         );
+        let gate_stale = Gauge::default();
+        registry.register(
+            "feature_gate_stale",
+            "1 while the KubeVirt resource's watch is not live (failed, backing off or relisting): the gate keeps its last known state",
+            gate_stale.clone(),
+        );
         let cache_synced = Family::<CacheLabels, Gauge>::default();
         registry.register(
             "cache_synced",
@@ -174,6 +181,7 @@ impl Metrics {
             errors,
             owner_lookups,
             gate_enabled,
+            gate_stale,
             cache_synced,
             vm_cache_objects,
             vm_cache_stale,

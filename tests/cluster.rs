@@ -709,6 +709,11 @@ async fn failing_watches_retry_on_the_short_backoff() {
     }
     tokio::time::sleep(OUTAGE).await;
     let (vm, kv) = (lists(Res::Vm) - before.0, lists(Res::KubeVirt) - before.1);
+    // Both watches say they are not live; the gate keeps its state.
+    for stale in ["vm_cache_stale", "feature_gate_stale"] {
+        let m = format!("kubevirt_reboot_webhook_{stale}");
+        assert_eq!(c.server.metric(&m).await, 1.0, "{m} during the outage");
+    }
     for r in [Res::Vm, Res::KubeVirt] {
         c.fake.fail_lists(r, None);
     }
@@ -728,6 +733,13 @@ async fn failing_watches_retry_on_the_short_backoff() {
         c.fake.wait_watches(r, 1, Duration::from_secs(5)).await;
     }
     c.wait_ready().await;
+    for stale in ["vm_cache_stale", "feature_gate_stale"] {
+        let m = format!("kubevirt_reboot_webhook_{stale}");
+        wait_until(&format!("{m} == 0"), WAIT, || async {
+            c.server.metric(&m).await == 0.0
+        })
+        .await;
+    }
 }
 
 // 11. A watch that fails right after each successful list (here: every

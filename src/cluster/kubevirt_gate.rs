@@ -48,6 +48,8 @@ pub fn spawn(
             .clone();
         let mut last_error = String::new();
         let mut reconnect = super::Reconnect::default();
+        // Not live until the first list completes.
+        metrics.gate_stale.set(1);
         // Set by the first completed list.
         let mut synced_once = false;
         // As in the VM cache, the first error ends a watcher and a fresh one
@@ -118,6 +120,7 @@ pub fn spawn(
                 if std::mem::take(&mut listed) {
                     ready.store(true, Ordering::SeqCst);
                     synced.set(1);
+                    metrics.gate_stale.set(0);
                 }
                 if std::mem::take(&mut recovered) {
                     tracing::info!(enabled = on, %namespace, "KubeVirt watch live again; the feature gate follows the KubeVirt resource");
@@ -125,6 +128,7 @@ pub fn spawn(
             };
             // A list cut short leaves the last complete state in force.
             relisting = None;
+            metrics.gate_stale.set(1);
             if error != last_error {
                 tracing::warn!(error = %error, %namespace, "watching KubeVirt resources failed; retrying with backoff, keeping the last known gate state");
             }
