@@ -34,7 +34,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::{json, Map, Value};
 
-const CONTROLLER: &str = "system:serviceaccount:kubevirt:kubevirt-controller";
+use support::CONTROLLER;
 
 /// The two webhooks of `manifests/`, by endpoint.
 struct Hooks {

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use promql_parser::parser::{self, Expr, LabelModifier};
 use serde_json::{json, Value};
-use support::fake_api::{kubevirt_cr, realistic_vm, FakeApi, Res};
+use support::fake_api::{realistic_vm, FakeApi, Res};
 use support::tools;
 use support::{post_json, review, serve_command, Certs, Spawned};
 
@@ -383,10 +383,7 @@ fn exposition(text: &str) -> (BTreeMap<String, BTreeSet<String>>, BTreeSet<Strin
 /// kind: a denial, a stamp (owner lookup), a bad request.
 async fn live_metrics() -> String {
     let fake = FakeApi::start().await;
-    fake.apply(
-        Res::KubeVirt,
-        kubevirt_cr("kubevirt", &["RecreateVMIOnReboot"], &[], None),
-    );
+    fake.enable_gate();
     fake.apply(
         Res::Vm,
         realistic_vm("vms", "installer", "vm-uid-1", "BootOnce"),

@@ -13,10 +13,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::fake_api::{kubevirt_cr, realistic_vm, uid, Down, FakeApi, Res};
+use support::fake_api::{realistic_vm, uid, Down, FakeApi, Res};
 use support::{
     bin_command, fixture_objects, fixtures, metric, post_json, read_json, review, sample_review,
-    serve_command, standalone_flags, tls_post, wait_until, Certs, Spawned,
+    serve_command, standalone_flags, tls_post, wait_until, Certs, Spawned, CONTROLLER,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -146,10 +146,7 @@ fn vmi_create(ns: &str, owner: &str, owner_uid: &str, user: &str, groups: &[&str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warn_mode_keeps_the_unreadable_owner_a_denial() {
     let fake = FakeApi::start().await;
-    fake.apply(
-        Res::KubeVirt,
-        kubevirt_cr("kubevirt", &["RecreateVMIOnReboot"], &[], None),
-    );
+    fake.enable_gate();
     fake.apply(
         Res::Vm,
         realistic_vm("tenant-a", "cached", &uid(1), "BootOnce"),
@@ -168,12 +165,11 @@ async fn warn_mode_keeps_the_unreadable_owner_a_denial() {
     let (status, _) = reqwest_status(&server.metrics_url("/readyz")).await;
     assert_eq!(status, 200, "ready once both caches are synced");
 
-    let controller = "system:serviceaccount:kubevirt:kubevirt-controller";
     // The cached owner is stamped as usual.
     let (_, got) = post(
         &certs,
         &server.url("/mutate"),
-        &vmi_create("tenant-a", "cached", &uid(1), controller, &[]),
+        &vmi_create("tenant-a", "cached", &uid(1), CONTROLLER, &[]),
     )
     .await;
     assert_eq!(got["response"]["allowed"], true, "{got}");
@@ -182,7 +178,7 @@ async fn warn_mode_keeps_the_unreadable_owner_a_denial() {
     let (status, got) = post(
         &certs,
         &server.url("/mutate?timeout=5s"),
-        &vmi_create("tenant-a", "missing", &uid(2), controller, &[]),
+        &vmi_create("tenant-a", "missing", &uid(2), CONTROLLER, &[]),
     )
     .await;
     assert_eq!(status, 200);
@@ -371,10 +367,7 @@ async fn the_deployments_args_start_the_server() {
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
     let certs = Certs::new();
     let fake = FakeApi::start().await;
-    fake.apply(
-        Res::KubeVirt,
-        kubevirt_cr("kubevirt", &["RecreateVMIOnReboot"], &[], None),
-    );
+    fake.enable_gate();
     let kubeconfig = fake.kubeconfig();
     let mut args: Vec<String> = Vec::new();
     for a in container["args"].as_array().expect("args") {
@@ -615,10 +608,7 @@ async fn error_counts(server: &Spawned) -> Vec<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_error_class_counts_its_failure() {
     let fake = FakeApi::start().await;
-    fake.apply(
-        Res::KubeVirt,
-        kubevirt_cr("kubevirt", &["RecreateVMIOnReboot"], &[], None),
-    );
+    fake.enable_gate();
     let kubeconfig = fake.kubeconfig();
     let certs = Certs::new();
     let kc = kubeconfig.path().display().to_string();
@@ -703,11 +693,10 @@ async fn every_error_class_counts_its_failure() {
     assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));
 
     fake.set_down(Down::Refuse);
-    let controller = "system:serviceaccount:kubevirt:kubevirt-controller";
     let (_, got) = post(
         &certs,
         &server.url("/mutate?timeout=5s"),
-        &vmi_create("tenant-a", "missing", &uid(2), controller, &[]),
+        &vmi_create("tenant-a", "missing", &uid(2), CONTROLLER, &[]),
     )
     .await;
     assert_eq!(got["response"]["allowed"], false, "{got}");
@@ -759,10 +748,7 @@ async fn every_error_class_counts_its_failure() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_namespace_caches_only_those_namespaces() {
     let fake = FakeApi::start().await;
-    fake.apply(
-        Res::KubeVirt,
-        kubevirt_cr("kubevirt", &["RecreateVMIOnReboot"], &[], None),
-    );
+    fake.enable_gate();
     for (i, ns) in [(1, "tenant-a"), (2, "tenant-b"), (3, "tenant-c")] {
         fake.apply(Res::Vm, realistic_vm(ns, "vm", &uid(i), "BootOnce"));
     }
@@ -807,7 +793,6 @@ async fn watch_namespace_caches_only_those_namespaces() {
         "only the watched namespaces are read: {seen:?}"
     );
 
-    let controller = "system:serviceaccount:kubevirt:kubevirt-controller";
     let stamped = |got: &Value| got["response"]["patch"].is_string();
     let gets = |fake: &FakeApi| {
         fake.requests()
@@ -819,7 +804,7 @@ async fn watch_namespace_caches_only_those_namespaces() {
     let (_, got) = post(
         &certs,
         &server.url("/mutate"),
-        &vmi_create("tenant-c", "vm", &uid(3), controller, &[]),
+        &vmi_create("tenant-c", "vm", &uid(3), CONTROLLER, &[]),
     )
     .await;
     assert!(stamped(&got), "{got}");
@@ -828,7 +813,7 @@ async fn watch_namespace_caches_only_those_namespaces() {
     let (_, got) = post(
         &certs,
         &server.url("/mutate"),
-        &vmi_create("tenant-b", "vm", &uid(2), controller, &[]),
+        &vmi_create("tenant-b", "vm", &uid(2), CONTROLLER, &[]),
     )
     .await;
     assert!(stamped(&got), "{got}");

@@ -31,7 +31,7 @@ use serde_json::Value;
 use support::fake_api::{
     kubevirt_cr, realistic_vm, realistic_vmi_create, uid, FakeApi, Options, Res, Verb,
 };
-use support::{bootonce_stamp, decoded_patch, serve_command, Certs, Rng, Spawned};
+use support::{bootonce_stamp, decoded_patch, post_json, serve_command, Certs, Rng, Spawned};
 
 const MIB: f64 = 1024.0 * 1024.0;
 const VMS_PER_NAMESPACE: u64 = 100;
@@ -244,18 +244,10 @@ async fn run(n: u64, requests: usize, relist: bool) -> Run {
     let mut latencies = Vec::with_capacity(requests);
     for (k, (i, body)) in picks.iter().zip(bodies).enumerate() {
         let t = Instant::now();
-        let resp = client
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .expect("review");
-        let status = resp.status().as_u16();
-        let text = resp.text().await.expect("review body");
+        let (status, answer) = post_json(&client, &url, body).await;
         let took = t.elapsed();
-        assert_eq!(status, 200, "{text}");
-        check_verdict(*i, &serde_json::from_str(&text).expect("review JSON"));
+        assert_eq!(status, 200, "{answer}");
+        check_verdict(*i, &answer);
         // The first 200 warm the connection and the caches.
         if k >= 200 {
             latencies.push(took);

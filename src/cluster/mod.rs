@@ -55,8 +55,8 @@ pub const RESET_AFTER: Duration = Duration::from_secs(60);
 /// relisting every 0.2-0.4 s for as long as that lasts.
 pub struct Reconnect {
     delays: backon::ExponentialBackoff,
-    /// Failures since the delays last started again.
-    failures: u32,
+    /// Whether a watch failed since the delays last started again.
+    failed: bool,
     /// When a completed list last started the delays again.
     list_reset: Option<tokio::time::Instant>,
     live_since: Option<tokio::time::Instant>,
@@ -66,7 +66,7 @@ impl Default for Reconnect {
     fn default() -> Self {
         Reconnect {
             delays: reconnect_backoff().build(),
-            failures: 0,
+            failed: false,
             list_reset: None,
             live_since: None,
         }
@@ -80,7 +80,7 @@ impl Reconnect {
         let may_reset = self
             .list_reset
             .is_none_or(|at| now.duration_since(at) >= RESET_AFTER);
-        if self.failures > 0 && may_reset {
+        if self.failed && may_reset {
             self.restart();
             self.list_reset = Some(now);
         }
@@ -92,13 +92,13 @@ impl Reconnect {
         if (self.live_since.take()).is_some_and(|since| since.elapsed() >= RESET_AFTER) {
             self.restart();
         }
-        self.failures = self.failures.saturating_add(1);
+        self.failed = true;
         self.delays.next().unwrap_or(MAX_RECONNECT_DELAY)
     }
 
     fn restart(&mut self) {
         self.delays = reconnect_backoff().build();
-        self.failures = 0;
+        self.failed = false;
     }
 }
 

@@ -332,6 +332,15 @@ impl FakeApi {
 
     // ---- objects ----
 
+    /// The KubeVirt resource `kubevirt/kubevirt` with RecreateVMIOnReboot
+    /// listed in its featureGates: the gate on.
+    pub fn enable_gate(&self) {
+        self.apply(
+            Res::KubeVirt,
+            kubevirt_cr("kubevirt", &["RecreateVMIOnReboot"], &[], None),
+        );
+    }
+
     /// Creates or replaces an object (ADDED or MODIFIED event); returns its
     /// new resourceVersion.
     pub fn apply(&self, r: Res, obj: Value) -> u64 {
@@ -1028,7 +1037,7 @@ pub fn realistic_vmi_create(ns: &str, owner: &str, owner_uid: &str, n: u64) -> V
             "kind": {"group": "kubevirt.io", "version": "v1", "kind": "VirtualMachineInstance"},
             "resource": {"group": "kubevirt.io", "version": "v1", "resource": "virtualmachineinstances"},
             "name": owner, "namespace": ns, "operation": "CREATE",
-            "userInfo": {"username": "system:serviceaccount:kubevirt:kubevirt-controller",
+            "userInfo": {"username": super::CONTROLLER,
                          "groups": ["system:serviceaccounts", "system:authenticated"]},
             "object": {
                 "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",

@@ -304,6 +304,9 @@ pub fn review(kind: &str, operation: &str, object: &Value, old: Option<&Value>) 
     review
 }
 
+/// KubeVirt's controller: the user virt-controller creates VMIs as.
+pub const CONTROLLER: &str = "system:serviceaccount:kubevirt:kubevirt-controller";
+
 /// A VM CREATE that `/validate` denies (`rebootPolicy: terminate`, lower case).
 pub fn sample_review() -> Value {
     read_json(&fixtures().join("gate-on/02-vm-lowercase-terminate.validate.json"))
