@@ -5,7 +5,14 @@ CARGO      ?= cargo
 CERTS_DIR  ?= certs
 LISTEN     ?= 127.0.0.1:8443
 METRICS    ?= 127.0.0.1:8080
-IMAGE      ?= kubevirt-reboot-webhook:latest
+# The release of Cargo.toml; the image's tag, the chart's appVersion and the
+# manifests' image tag (tests/chart.rs keeps the three equal).
+VERSION    := $(shell awk -F'"' '/^version = / { print $$2; exit }' Cargo.toml)
+IMAGE      ?= kubevirt-reboot-webhook:$(VERSION)
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+RELEASE_BIN := $(TARGET_DIR)/release/kubevirt-reboot-webhook
+BINARY     ?= $(RELEASE_BIN)
+IMAGE_ARCHIVE ?= $(TARGET_DIR)/image/kubevirt-reboot-webhook-$(VERSION).oci.tar
 NAMESPACE  ?= kubevirt-reboot-webhook
 KUBECTL    ?= kubectl
 K8S_VERSION ?=
@@ -21,7 +28,7 @@ HELM_CACHE   ?= $(or $(KRW_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/kubevir
 HELM_BIN     := $(HELM_CACHE)/helm
 SOAK_SECONDS ?= 600
 
-.PHONY: help run test lint fixtures certs build release manifests deploy undeploy bench bench-scale soak fuzz e2e e2e-build clean helm
+.PHONY: help run test lint fixtures chart-files certs build release image image-archive-path image-ref manifests deploy undeploy bench bench-scale soak fuzz e2e e2e-build clean helm
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -53,11 +60,25 @@ fixtures: ## Rewrite the golden answers (tests/fixtures/*/*.expected.json) from 
 	$(CARGO) test --locked --test server
 	@git status --short -- tests/fixtures
 
+chart-files: ## Regenerate the chart's files/ from manifests/ (matchConditions, alerts, dashboard), then compare
+	-UPDATE_CHART_FILES=1 $(CARGO) test --locked --test chart chart_files_are_generated_from_manifests
+	$(CARGO) test --locked --test chart chart_files_are_generated_from_manifests
+	@git status --short -- charts/kubevirt-reboot-webhook/files
+
 build: ## Debug build
 	$(CARGO) build --locked
 
 release: ## Optimised build
 	$(CARGO) build --locked --release --bin $(BIN)
+
+image: $(if $(filter $(RELEASE_BIN),$(BINARY)),release) ## The runtime image, offline, as an OCI archive in target/image/ (needs umoci, Debian)
+	bash image/build.sh $(BINARY) $(IMAGE_ARCHIVE) $(IMAGE)
+
+image-archive-path:
+	@echo $(abspath $(IMAGE_ARCHIVE))
+
+image-ref:
+	@echo $(IMAGE)
 
 manifests: ## Render manifests/ (needs kubectl)
 	$(KUBECTL) kustomize manifests
