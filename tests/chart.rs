@@ -263,6 +263,14 @@ const DRIFT_COMBINATIONS: &[(&[&str], &[&str], &[&str])] = &[
         &["manifests/overlays/cert-manager"],
         &["manifests/components/compat"],
     ),
+    (
+        &[
+            "namespace.create=true",
+            "mtls.clientCAConfigMap=kubevirt-reboot-webhook-client-ca",
+        ],
+        &["manifests"],
+        &["manifests/components/mtls"],
+    ),
 ];
 
 #[test]
@@ -628,19 +636,60 @@ fn bad_values_are_refused_with_their_name() {
     }
 }
 
+/// What charts/kubevirt-reboot-webhook/files/ must hold, made from manifests/:
+/// the monitoring files as they are, and the webhooks' matchConditions as
+/// JSON (`{"validating": [...], "mutating": [...]}`).
+fn chart_files_from_manifests() -> Vec<(&'static str, Vec<u8>)> {
+    let manifests = tools::repo().join("manifests");
+    let read = |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    let conditions = |file: &str| -> Value {
+        let path = manifests.join("base").join(file);
+        let text = String::from_utf8(read(&path)).expect("utf-8");
+        let docs = tools::yaml_docs(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        docs[0]["webhooks"][0]["matchConditions"].clone()
+    };
+    let mut json = serde_json::to_vec_pretty(&json!({
+        "validating": conditions("validating-webhook.yaml"),
+        "mutating": conditions("mutating-webhook.yaml"),
+    }))
+    .expect("json");
+    json.push(b'\n');
+    vec![
+        (
+            "prometheusrule.yaml",
+            read(&manifests.join("monitoring/prometheusrule.yaml")),
+        ),
+        (
+            "dashboard.json",
+            read(&manifests.join("monitoring/dashboard.json")),
+        ),
+        ("match-conditions.json", json),
+    ]
+}
+
+/// The chart's files/ are generated from manifests/ (`make chart-files`,
+/// which runs this test with UPDATE_CHART_FILES=1 to write them); a change
+/// made only on one side fails here.
 #[test]
-fn monitoring_files_of_the_chart_are_copies_of_manifests_monitoring() {
-    for file in ["prometheusrule.yaml", "dashboard.json"] {
-        let ours = tools::repo().join("manifests/monitoring").join(file);
-        let copy = chart().join("files").join(file);
-        let read = |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        assert!(
-            read(&ours) == read(&copy),
-            "{} differs from {}: cp {0:?} {1:?}",
-            copy.display(),
-            ours.display()
-        );
+fn chart_files_are_generated_from_manifests() {
+    let update = std::env::var_os("UPDATE_CHART_FILES").is_some();
+    let mut stale = Vec::new();
+    for (name, want) in chart_files_from_manifests() {
+        let path = chart().join("files").join(name);
+        if std::fs::read(&path).ok().as_ref() == Some(&want) {
+            continue;
+        }
+        if update {
+            std::fs::write(&path, &want).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        }
+        stale.push(path.display().to_string());
     }
+    assert!(
+        stale.is_empty(),
+        "{} from manifests/ (run `make chart-files` and commit): {}",
+        if update { "rewritten" } else { "stale" },
+        stale.join(", ")
+    );
 }
 
 #[test]
@@ -668,8 +717,8 @@ fn latency_alert_follows_timeout_seconds() {
     );
 }
 
-/// A copy of the chart whose _matchconditions.tpl holds `tpl` instead.
-fn chart_with_conditions(tpl: &str) -> tempfile::TempDir {
+/// A copy of the chart whose files/match-conditions.json holds `conditions`.
+fn chart_with_conditions(conditions: &Value) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     fn copy(from: &Path, to: &Path) {
         std::fs::create_dir_all(to).expect("mkdir");
@@ -685,37 +734,26 @@ fn chart_with_conditions(tpl: &str) -> tempfile::TempDir {
     }
     let root = dir.path().join("kubevirt-reboot-webhook");
     copy(&chart(), &root);
-    std::fs::write(root.join("templates/_matchconditions.tpl"), tpl).expect("write");
+    std::fs::write(
+        root.join("files/match-conditions.json"),
+        conditions.to_string(),
+    )
+    .expect("write");
     dir
 }
 
-/// The switch the lead needs once the manifests carry matchConditions: the
-/// expressions pasted into _matchconditions.tpl appear in the right webhook,
-/// compat's own list replaces the native one, and `webhooks.matchConditions=false`
-/// drops them (for clusters older than 1.30).
+/// The switch around the generated conditions: each list appears in its own
+/// webhook, compat mode keeps them (as components/compat does), and
+/// `webhooks.matchConditions=false` drops them (for clusters older than 1.28).
 #[test]
 fn match_conditions_switch() {
     let Some(helm) = tools::helm() else {
         return;
     };
-    let tpl = r#"
-{{- define "kubevirt-reboot-webhook.matchConditions.validating" -}}
-- name: uses-the-feature
-  expression: 'has(object.spec)'
-{{- end }}
-{{- define "kubevirt-reboot-webhook.matchConditions.mutating" -}}
-- name: owned-by-a-vm
-  expression: 'has(object.metadata.ownerReferences)'
-{{- end }}
-{{- define "kubevirt-reboot-webhook.matchConditions.validating.compat" -}}
-[]
-{{- end }}
-{{- define "kubevirt-reboot-webhook.matchConditions.mutating.compat" -}}
-- name: owned-by-a-vm-or-compat
-  expression: 'true'
-{{- end }}
-"#;
-    let dir = chart_with_conditions(tpl);
+    let dir = chart_with_conditions(&json!({
+        "validating": [{"name": "uses-the-feature", "expression": "has(object.spec)"}],
+        "mutating": [{"name": "owned-by-a-vm", "expression": "has(object.metadata.ownerReferences)"}],
+    }));
     let chart = dir.path().join("kubevirt-reboot-webhook");
     let render = |values: &[&str]| -> BTreeMap<&'static str, Value> {
         let mut args = vec![
@@ -746,15 +784,134 @@ fn match_conditions_switch() {
         on["MutatingWebhookConfiguration"],
         json!([{"name": "owned-by-a-vm", "expression": "has(object.metadata.ownerReferences)"}])
     );
-    let compat = render(&["bootonce=compat"]);
-    assert_eq!(
-        compat["ValidatingWebhookConfiguration"],
-        on["ValidatingWebhookConfiguration"]
-    );
-    assert_eq!(
-        compat["MutatingWebhookConfiguration"],
-        json!([{"name": "owned-by-a-vm-or-compat", "expression": "true"}])
-    );
+    assert_eq!(render(&["bootonce=compat"]), on);
     let off = render(&["webhooks.matchConditions=false", "bootonce=compat"]);
     assert!(off.values().all(Value::is_null), "{off:?}");
+}
+
+/// One release number in three places: Cargo.toml's version (the binary
+/// and `make image`'s tag), the chart's appVersion (its default image tag)
+/// and the image tag of manifests/base.
+#[test]
+fn image_tag_is_the_release_everywhere() {
+    let cargo = std::fs::read_to_string(tools::repo().join("Cargo.toml")).expect("Cargo.toml");
+    let version = cargo
+        .lines()
+        .find_map(|l| l.strip_prefix("version = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .expect("version in Cargo.toml");
+    let chart_yaml = std::fs::read_to_string(chart().join("Chart.yaml")).expect("Chart.yaml");
+    let app: Value = serde_yaml_ng::from_str(&chart_yaml).expect("Chart.yaml");
+    assert_eq!(app["appVersion"], version, "Chart.yaml appVersion");
+    let deployment =
+        std::fs::read_to_string(tools::repo().join("manifests/base/deployment.yaml")).expect("read");
+    let deployment: Value = serde_yaml_ng::from_str(&deployment).expect("deployment.yaml");
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["containers"][0]["image"],
+        format!("kubevirt-reboot-webhook:{version}"),
+        "manifests/base/deployment.yaml"
+    );
+    let Some(helm) = tools::helm() else {
+        return;
+    };
+    assert_eq!(
+        container(&template(&helm, &[]))["image"],
+        format!("kubevirt-reboot-webhook:{version}"),
+        "the chart's default image"
+    );
+}
+
+/// What an operator expects of Pods on every VM start's path: a priority
+/// class, replicas spread across nodes, and a schema that refuses fewer than
+/// two replicas while the PodDisruptionBudget needs one available.
+#[test]
+fn pods_are_critical_spread_and_at_least_two() {
+    let Some(helm) = tools::helm() else {
+        return;
+    };
+    let objs = template(&helm, &[]);
+    let pod = &one(&objs, "Deployment")["spec"]["template"]["spec"];
+    assert_eq!(pod["priorityClassName"], "system-cluster-critical");
+    let spread = &pod["topologySpreadConstraints"][0];
+    assert_eq!(spread["topologyKey"], "kubernetes.io/hostname");
+    assert_eq!(spread["whenUnsatisfiable"], "DoNotSchedule");
+    assert_eq!(spread["maxSkew"], 1);
+    assert_eq!(spread["matchLabelKeys"], json!(["pod-template-hash"]));
+    assert_eq!(
+        spread["labelSelector"]["matchLabels"],
+        pod_selector(&objs),
+        "the spread counts the webhook's own Pods"
+    );
+    assert!(pod.get("affinity").is_none(), "{pod}");
+
+    let err = template_as(&helm, RELEASE, NS, &["replicas=1"]).expect_err("one replica");
+    assert!(err.contains("/replicas"), "{err}");
+    assert!(err.contains("minimum"), "{err}");
+    let single = template(&helm, &["replicas=1", "podDisruptionBudget.enabled=false"]);
+    assert_eq!(one(&single, "Deployment")["spec"]["replicas"], 1);
+
+    let zones = template(
+        &helm,
+        &[
+            "spreadAcrossNodes=false",
+            "topologySpreadConstraints[0].topologyKey=topology.kubernetes.io/zone",
+            "topologySpreadConstraints[0].maxSkew=1",
+            "topologySpreadConstraints[0].whenUnsatisfiable=ScheduleAnyway",
+            "priorityClassName=",
+        ],
+    );
+    let pod = &one(&zones, "Deployment")["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["topologySpreadConstraints"],
+        json!([{"topologyKey": "topology.kubernetes.io/zone", "maxSkew": 1, "whenUnsatisfiable": "ScheduleAnyway"}])
+    );
+    assert!(pod.get("priorityClassName").is_none(), "{pod}");
+}
+
+fn pod_selector(objs: &[Value]) -> Value {
+    one(objs, "Deployment")["spec"]["selector"]["matchLabels"].clone()
+}
+
+/// The optional NetworkPolicy: the webhook and metrics ports in, the API
+/// server out, nothing else; the Pods it selects are the webhook's.
+#[test]
+fn network_policy_allows_the_api_server_and_scrapes_only() {
+    let Some(helm) = tools::helm() else {
+        return;
+    };
+    assert!(template(&helm, &[])
+        .iter()
+        .all(|o| o["kind"] != "NetworkPolicy"));
+    let objs = template(
+        &helm,
+        &[
+            "networkPolicy.enabled=true",
+            "networkPolicy.apiServer.cidrs={10.0.0.10/32}",
+            "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.name=monitoring",
+        ],
+    );
+    let policy = &one(&objs, "NetworkPolicy")["spec"];
+    assert_eq!(policy["podSelector"]["matchLabels"], pod_selector(&objs));
+    assert_eq!(policy["policyTypes"], json!(["Ingress", "Egress"]));
+    assert_eq!(
+        policy["ingress"],
+        json!([
+            {"ports": [{"port": 8443, "protocol": "TCP"}]},
+            {"ports": [{"port": 8080, "protocol": "TCP"}],
+             "from": [{"namespaceSelector": {"matchLabels": {"name": "monitoring"}}}]},
+        ])
+    );
+    assert_eq!(
+        policy["egress"],
+        json!([{"ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}],
+                "to": [{"ipBlock": {"cidr": "10.0.0.10/32"}}]}])
+    );
+    let err = template_as(
+        &helm,
+        RELEASE,
+        NS,
+        &["networkPolicy.enabled=true", "networkPolicy.apiServer.cidrs={10.0.0.10}"],
+    )
+    .expect_err("a CIDR without a prefix length");
+    assert!(err.contains("/networkPolicy/apiServer/cidrs/0"), "{err}");
 }

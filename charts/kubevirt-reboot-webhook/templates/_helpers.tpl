@@ -35,6 +35,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- default (printf "%s-tls" (include "kubevirt-reboot-webhook.fullname" .)) .Values.certificate.secretName }}
 {{- end }}
 
+{{/* The image: a digest when given, else the tag, else the chart's appVersion. */}}
 {{- define "kubevirt-reboot-webhook.image" -}}
 {{- if .Values.image.digest }}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
@@ -97,17 +98,13 @@ matchExpressions:
 
 {{/*
 matchConditions of a webhook ("validating" or "mutating"), rendered when
-webhooks.matchConditions is true. The expressions themselves live in
-_matchconditions.tpl, copied from manifests/; the drift test in tests/chart.rs
-compares the rendered chart with `kubectl kustomize manifests/`.
+webhooks.matchConditions is true. files/match-conditions.json is generated
+from manifests/base by `make chart-files` (tests/chart.rs fails when it is
+stale); compat mode keeps the same conditions, as components/compat does.
 */}}
 {{- define "kubevirt-reboot-webhook.matchConditions" -}}
 {{- if .root.Values.webhooks.matchConditions }}
-{{- $conditions := include (printf "kubevirt-reboot-webhook.matchConditions.%s" .webhook) .root | fromYamlArray }}
-{{- if eq .root.Values.bootonce "compat" }}
-{{- $compat := include (printf "kubevirt-reboot-webhook.matchConditions.%s.compat" .webhook) .root | fromYamlArray }}
-{{- if $compat }}{{ $conditions = $compat }}{{ end }}
-{{- end }}
+{{- $conditions := index (.root.Files.Get "files/match-conditions.json" | fromJson) .webhook }}
 {{- if $conditions }}
 matchConditions:
   {{- toYaml $conditions | nindent 2 }}
@@ -145,5 +142,11 @@ matchConditions:
 {{- end }}
 {{- range .Values.extraArgs }}
 - {{ . | quote }}
+{{- end }}
+{{- if .Values.mtls.clientCAConfigMap }}
+- --client-ca=/etc/webhook/client-ca/ca.crt
+{{- range .Values.mtls.clientNames }}
+- {{ printf "--client-name=%s" . | quote }}
+{{- end }}
 {{- end }}
 {{- end }}
