@@ -109,7 +109,7 @@ pub async fn run(
     shutdown: Shutdown,
     signal: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let stop_accepting = CancellationToken::new();
+    let closing = listener::Closing::default();
     let stop_health = CancellationToken::new();
 
     let health = axum::serve(health_listener, health_router(state.clone()))
@@ -117,13 +117,14 @@ pub async fn run(
     let health_task = tokio::spawn(async move { health.await });
 
     let readiness = state.readiness.clone();
-    let stopper = stop_accepting.clone();
+    let stopper = closing.clone();
     tokio::spawn(async move {
         signal.await;
         readiness.shutting_down();
-        tracing::info!(delay = ?shutdown.delay, "shutdown requested: readiness now fails; still serving until endpoints update");
+        stopper.closing.cancel();
+        tracing::info!(delay = ?shutdown.delay, "shutdown requested: readiness now fails; still serving until endpoints update, connections close after their next request");
         tokio::time::sleep(shutdown.delay).await;
-        stopper.cancel();
+        stopper.stop.cancel();
     });
 
     listener::serve_tls(
@@ -131,7 +132,7 @@ pub async fn run(
         tls,
         router(state.clone()),
         state.clone(),
-        stop_accepting,
+        closing,
         shutdown.drain,
     )
     .await;
