@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Builds (or reuses) the real control plane for make e2e, from published Go
 # modules only: kube-apiserver and etcd at the releases pinned in
-# e2e/tools/go.mod (or K8S_VERSION), a kubectl within version skew, and the
-# e2e helper. Sourced by e2e/run.sh; sets KUBE_APISERVER, ETCD, KUBECTL,
-# E2EHELPER and K8S_VERSION.
+# e2e/tools/go.mod (or K8S_VERSION), the node's kubelet, kube-proxy,
+# kube-controller-manager and kube-scheduler from the same module, a kubectl
+# within version skew, the node's pause image, and the e2e helper. Sourced
+# by e2e/run.sh; sets KUBE_APISERVER, KUBE_CONTROLLER_MANAGER,
+# KUBE_SCHEDULER, KUBELET, KUBE_PROXY, ETCD, KUBECTL, E2EHELPER,
+# PAUSE_IMAGE, PAUSE_ARCHIVE and K8S_VERSION.
 #
 # Binaries are cached outside git, keyed by version:
 #   ${KRW_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubevirt-reboot-webhook}/k8s-vX.Y.Z/
@@ -68,7 +71,11 @@ for candidate in ${KUBECTL_CANDIDATE:-} \
 done
 
 targets=()
-[ -x "$bin_dir/kube-apiserver" ] || targets+=(k8s.io/kubernetes/cmd/kube-apiserver)
+# The control plane, and the node (kubelet, kube-proxy) with the controllers
+# a Deployment needs (kube-controller-manager, kube-scheduler).
+for cmd in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do
+  [ -x "$bin_dir/$cmd" ] || targets+=("k8s.io/kubernetes/cmd/$cmd")
+done
 [ -x "$bin_dir/etcd" ] || targets+=(./etcd)
 if [ -z "$KUBECTL" ] && [ ! -x "$bin_dir/kubectl" ]; then targets+=(k8s.io/kubernetes/cmd/kubectl); fi
 if [ ${#targets[@]} -gt 0 ]; then
@@ -83,11 +90,32 @@ if [ ${#targets[@]} -gt 0 ]; then
   (cd "$module_dir" && go build -trimpath -ldflags "$ldflags" -o "$bin_dir/" "${targets[@]}") >&2
   log "built in $((SECONDS - started)) s into $bin_dir"
 fi
-# The helper is ours and small: always rebuilt (Go's build cache makes that quick).
-(cd "$module_dir" && go build -trimpath -o "$bin_dir/" ./e2ehelper) >&2
+# The helper is ours and small: always rebuilt (Go's build cache makes that
+# quick), into this tree's target/ (not the shared cache: another checkout's
+# run may use another version of it at the same time).
+helper_dir=${CARGO_TARGET_DIR:-$e2e_tools/../../target}/e2e
+mkdir -p "$helper_dir"
+(cd "$module_dir" && go build -trimpath -o "$helper_dir/" ./e2ehelper) >&2
+
+# The node's sandbox ("pause") image, since no registry is reachable: the
+# pause program from the same k8s.io/kubernetes module (build/pause), built
+# as its Makefile does, in an image as upstream's (user 65535, /pause).
+PAUSE_IMAGE=registry.k8s.io/pause:3.10.1
+PAUSE_ARCHIVE=$bin_dir/pause-3.10.1.oci.tar
+if [ ! -s "$PAUSE_ARCHIVE" ]; then
+  k8s_src=$(cd "$module_dir" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)
+  gcc -Os -Wall -Werror -static -DVERSION=v3.10.1-krw-e2e -o "$bin_dir/pause" "$k8s_src/build/pause/linux/pause.c"
+  IMAGE_USER=65535:65535 IMAGE_ENTRYPOINT=/pause IMAGE_CMD= IMAGE_PORTS= IMAGE_DEBS= \
+    bash "$e2e_tools/../../image/build.sh" "$bin_dir/pause" "$PAUSE_ARCHIVE" "$PAUSE_IMAGE" 2>/dev/null
+fi
 
 KUBE_APISERVER=$bin_dir/kube-apiserver
+KUBE_CONTROLLER_MANAGER=$bin_dir/kube-controller-manager
+KUBE_SCHEDULER=$bin_dir/kube-scheduler
+KUBELET=$bin_dir/kubelet
+KUBE_PROXY=$bin_dir/kube-proxy
 ETCD=$bin_dir/etcd
-E2EHELPER=$bin_dir/e2ehelper
+E2EHELPER=$(cd "$helper_dir" && pwd)/e2ehelper
 KUBECTL=${KUBECTL:-$bin_dir/kubectl}
-export K8S_VERSION KUBE_APISERVER ETCD E2EHELPER KUBECTL
+export K8S_VERSION KUBE_APISERVER KUBE_CONTROLLER_MANAGER KUBE_SCHEDULER KUBELET KUBE_PROXY ETCD E2EHELPER KUBECTL \
+  PAUSE_IMAGE PAUSE_ARCHIVE

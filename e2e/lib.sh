@@ -1,6 +1,9 @@
 # Helpers for e2e/run.sh: logging, bounded waits, background processes that
 # are always stopped, assertions, and a small PKI made with openssl.
 
+# Where Debian's containernetworking-plugins puts the CNI plugins.
+CNI_BIN_DIR=${CNI_BIN_DIR:-/usr/lib/cni}
+
 log() { printf '\033[1m[e2e]\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[1;31m[e2e] FAIL:\033[0m %s\n' "$*" >&2; exit 1; }
 
@@ -119,7 +122,20 @@ KCFG
 }
 
 # metric URL NAME{LABELS}: the sum of the samples whose line starts with
-# that text (0 when there is none).
+# that text (0 when there is none). URL "webhooks": summed over the
+# webhook's ready Pods (e2e/webhook.sh).
 metric() {
+  if [ "$1" = webhooks ]; then
+    local ip sum=0
+    for ip in $(webhook_pod_ips); do sum=$((sum + $(metric "http://$ip:8080/metrics" "$2"))); done
+    echo "$sum"
+    return
+  fi
   curl -fsS --max-time 5 "$1" | awk -v m="$2" 'index($0, m) == 1 { s += $NF } END { printf "%d\n", s }'
+}
+
+# metric_each NAME{LABELS}: that sum for each of the webhook's ready Pods, one per line.
+metric_each() {
+  local ip
+  for ip in $(webhook_pod_ips); do metric "http://$ip:8080/metrics" "$1"; done
 }

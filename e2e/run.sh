@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# make e2e: the webhook against a real kube-apiserver, etcd and kubectl.
+# make e2e: the webhook as an administrator installs it, on a real
+# one-node cluster: kube-apiserver, etcd, kube-controller-manager,
+# kube-scheduler, kubelet, kube-proxy, containerd and runc, driven by the
+# real kubectl and Helm.
 #
-# Outside: builds the control plane (e2e/build.sh) and the webhook, then runs
-# itself again in a new network namespace (unshare --net), so every address
-# it uses is private to this run and nothing is left behind when it ends.
-# Inside that namespace (the "control-plane host"): etcd and kube-apiserver
-# on their own certificates; the webhook runs in a second namespace joined
-# by a veth pair, reached by the API server through its Service and
-# Endpoints, exactly as in a cluster. See e2e/README.md.
+# Outside: builds the cluster's binaries (e2e/build.sh), the webhook and its
+# image (make image), then runs itself again in new network and mount
+# namespaces (unshare --net --mount), so every address and mount it uses is
+# private to this run and nothing is left behind when it ends. Inside (the
+# "node"): the control plane, the node (e2e/node.sh), and the webhook as the
+# Pods of the Deployment that manifests/ and the chart ship. See
+# e2e/README.md.
 #
 # E2E_SCENARIOS="gate compat" runs only those scenarios (setup always runs);
 # E2E_KEEP=1 keeps the work directory.
@@ -18,9 +21,10 @@ source "$E2E/lib.sh"
 
 if [ -z "${KRW_E2E_INSIDE:-}" ]; then
   [ "$(id -u)" = 0 ] || die "make e2e needs root (network namespaces)"
-  for tool in go openssl curl python3 ip unshare; do
-    command -v "$tool" >/dev/null || die "make e2e needs $tool"
+  for tool in go gcc openssl curl python3 ip unshare containerd containerd-shim-runc-v2 ctr runc iptables umoci; do
+    command -v "$tool" >/dev/null || die "make e2e needs $tool (.ci/run installs what is missing)"
   done
+  [ -x "$CNI_BIN_DIR/bridge" ] || die "make e2e needs the CNI plugins in $CNI_BIN_DIR (Debian: containernetworking-plugins)"
   started=$SECONDS
   source "$E2E/build.sh"
   log "building helm"
@@ -32,19 +36,26 @@ if [ -z "${KRW_E2E_INSIDE:-}" ]; then
     WEBHOOK_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/kubevirt-reboot-webhook
   fi
   export WEBHOOK_BIN
+  log "building the image (make image)"
+  IMAGE_ARCHIVE=$(cd "$ROOT" && make -s --no-print-directory image-archive-path)
+  IMAGE_REF=$(cd "$ROOT" && make -s --no-print-directory image-ref)
+  (cd "$ROOT" && make -s --no-print-directory image BINARY="$WEBHOOK_BIN")
+  export IMAGE_ARCHIVE IMAGE_REF
   log "control plane: kube-apiserver $K8S_VERSION, etcd $("$ETCD" --version | awk '/etcd Version/ { print $3 }'), kubectl $("$KUBECTL" version --client -o json | awk -F'"' '$2 == "gitVersion" { print $4 }') ($KUBECTL)"
   log "build and checks took $((SECONDS - started)) s"
-  exec env KRW_E2E_INSIDE=1 unshare --net bash "$0" "$@"
+  # A mount namespace of its own too: what containerd, the CNI plugins and
+  # the kubelet mount (overlays, Secret volumes, pod network namespaces)
+  # vanishes with the run.
+  exec env KRW_E2E_INSIDE=1 unshare --net --mount --propagation private bash "$0" "$@"
 fi
 
 # ---------------------------------------------------------------- set-up ---
 W=$(mktemp -d /tmp/krw-e2e.XXXXXX)
-mkdir -p "$W/logs" "$W/pids" "$W/pki" "$W/webhook-tls" "$W/etcd"
-WNS=krw-e2e-webhook-$$       # the webhook's network namespace
-CP_IP=198.18.0.1             # control-plane host side of the veth pair
-WH_IP=198.18.0.2             # the webhook's address (its "pod IP")
+mkdir -p "$W/logs" "$W/pids" "$W/pki" "$W/etcd"
+CP_IP=198.18.0.1             # the node's address: API server, kubelet
 API=https://127.0.0.1:6443
-WH_METRICS=http://$WH_IP:8080/metrics
+WH_NS=kubevirt-reboot-webhook
+WH_METRICS=webhooks          # `metric webhooks NAME`: the sum over the webhook's ready Pods
 passed=0
 ran=
 failed_scenario=
@@ -53,14 +64,19 @@ on_exit() {
   local rc=$?
   if [ $rc -ne 0 ]; then
     log "failed${failed_scenario:+ in scenario '$failed_scenario'}; logs in $W/logs"
-    for f in kube-apiserver webhook etcd; do
+    for f in kube-apiserver kube-controller-manager kubelet containerd etcd; do
       [ -s "$W/logs/$f.log" ] || continue
-      echo "----- last 40 lines of $f.log -----" >&2
-      tail -n 40 "$W/logs/$f.log" >&2
+      echo "----- last 30 lines of $f.log -----" >&2
+      tail -n 30 "$W/logs/$f.log" >&2
+    done
+    for f in "$W"/node/pod-logs/*/webhook/*.log; do
+      [ -s "$f" ] || continue
+      echo "----- last 20 lines of ${f#"$W/node/pod-logs/"} -----" >&2
+      tail -n 20 "$f" >&2
     done
   fi
+  node_teardown 2>/dev/null || true
   stop_all
-  ip netns del "$WNS" 2>/dev/null || true
   if [ $rc -ne 0 ] || [ -n "${E2E_KEEP:-}" ]; then
     log "work directory kept: $W"
   else
@@ -72,17 +88,17 @@ trap on_exit EXIT
 trap 'exit 130' INT TERM
 
 k() { "$KUBECTL" --kubeconfig "$W/admin.kubeconfig" --request-timeout=30s "$@"; }
-in_webhook_ns() { ip netns exec "$WNS" "$@"; }
+source "$E2E/node.sh"
 
-log "network: control plane on $CP_IP, webhook in namespace $WNS on $WH_IP"
+# The node's address on the loopback device of the run's own namespace
+# (this kernel has no dummy interfaces); Pods reach it through the bridge.
+log "network: the node on $CP_IP, Pods on $POD_CIDR, Services on 198.19.0.0/24"
 ip link set lo up
-ip netns add "$WNS"
-ip link add krw-cp type veth peer name krw-wh netns "$WNS"
-ip addr add "$CP_IP/30" dev krw-cp
-ip link set krw-cp up
-in_webhook_ns ip addr add "$WH_IP/30" dev krw-wh
-in_webhook_ns ip link set krw-wh up
-in_webhook_ns ip link set lo up
+ip addr add "$CP_IP/32" dev lo
+# A route for the Service range, so that a connection the node itself makes
+# to a Service's cluster IP (the API server's calls to the webhook) gets past
+# the routing decision to kube-proxy's DNAT, as a host's default route does.
+ip route add 198.19.0.0/24 dev lo
 
 log "certificates"
 P=$W/pki
@@ -95,12 +111,11 @@ pki_cert "$P" etcd etcd-ca "/CN=etcd" "DNS:localhost,IP:127.0.0.1" both
 pki_cert "$P" apiserver-etcd-client etcd-ca "/CN=kube-apiserver" "" clientAuth
 openssl genrsa -out "$P/sa.key" 2048 2>/dev/null
 openssl rsa -in "$P/sa.key" -pubout -out "$P/sa.pub" 2>/dev/null
+node_pki
 # The webhook's serving certificate, for its Service name, from its own CA.
 pki_ca "$P" webhook-ca "kubevirt-reboot-webhook e2e CA"
 WH_SVC=kubevirt-reboot-webhook.kubevirt-reboot-webhook.svc
 pki_cert "$P" webhook-serving webhook-ca "/CN=$WH_SVC" "DNS:$WH_SVC,DNS:$WH_SVC.cluster.local" serverAuth
-cp "$P/webhook-serving.crt" "$W/webhook-tls/tls.crt"
-cp "$P/webhook-serving.key" "$W/webhook-tls/tls.key"
 # The client certificate kube-apiserver presents to webhooks (mTLS scenario).
 pki_ca "$P" webhook-client-ca "kube-apiserver webhook client CA"
 pki_cert "$P" apiserver-webhook-client webhook-client-ca "/CN=kube-apiserver-webhook-client" "" clientAuth
@@ -160,11 +175,14 @@ etcd_call() {
     ${2:+-X POST -d "$2"} "https://127.0.0.1:2379$1"
 }
 
-# start_apiserver [NAME PORT]: the real kube-apiserver; RBAC, the default
-# admission plugins (MutatingAdmissionWebhook and ValidatingAdmissionWebhook
-# among them) and Service routing to endpoints, as the webhook needs.
+# start_apiserver [NAME PORT]: the real kube-apiserver; the Node authorizer
+# and RBAC, the default admission plugins (MutatingAdmissionWebhook and
+# ValidatingAdmissionWebhook among them) and NodeRestriction. Webhooks are
+# called through their Service's cluster IP, which kube-proxy routes to a
+# ready Pod, as in a kubeadm cluster.
 start_apiserver() {
-  local name=${1:-kube-apiserver} port=${2:-6443}
+  local name=${1:-kube-apiserver} port=${2:-6443} node_flags
+  mapfile -t node_flags < <(node_apiserver_flags)
   start_bg "$name" "$KUBE_APISERVER" \
     --bind-address=0.0.0.0 --secure-port="$port" --advertise-address="$CP_IP" \
     --etcd-servers=https://127.0.0.1:2379 --etcd-cafile="$P/etcd-ca.crt" \
@@ -172,8 +190,8 @@ start_apiserver() {
     --tls-cert-file="$P/apiserver.crt" --tls-private-key-file="$P/apiserver.key" --client-ca-file="$P/ca.crt" \
     --service-account-issuer=https://kubernetes.default.svc --service-account-key-file="$P/sa.pub" \
     --service-account-signing-key-file="$P/sa.key" --api-audiences=https://kubernetes.default.svc \
-    --service-cluster-ip-range=198.19.0.0/24 --authorization-mode=RBAC \
-    --enable-aggregator-routing=true --admission-control-config-file="$W/admission.yaml" \
+    --service-cluster-ip-range=198.19.0.0/24 "${node_flags[@]}" \
+    --admission-control-config-file="$W/admission.yaml" \
     --audit-policy-file="$W/audit-policy.yaml" --audit-log-path="$W/audit.log" \
     --profiling=false --v=1
   wait_until 90 "$name ready" curl -fsS --max-time 2 --cacert "$P/ca.crt" --cert "$P/admin.crt" --key "$P/admin.key" \
@@ -188,6 +206,9 @@ log "control plane ready in $((SECONDS - started)) s"
 server_version=$(k version -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["serverVersion"]["gitVersion"])')
 expect_eq "$server_version" "$K8S_VERSION" "the API server's version"
 
+log "starting the node"
+start_node
+
 log "installing KubeVirt's API surface"
 k apply -f "$E2E/cluster/kubevirt-crds.yaml" >/dev/null
 k wait --for condition=established --timeout=60s crd --all >/dev/null
@@ -198,65 +219,11 @@ k create role kubevirt-editor -n e2e --verb='*' --resource=virtualmachines.kubev
 k create rolebinding jane -n e2e --role=kubevirt-editor --user=jane >/dev/null
 
 # ------------------------------------------------------------- webhook -----
-# The webhook installed from the project's own manifests. What differs from
-# a cluster: the process runs here, in its network namespace, instead of in
-# a Pod (so Endpoints are written by hand, as the endpoints controller would),
-# with the TLS files under $W instead of the Secret volume, and with a token
-# of the manifests' ServiceAccount from the TokenRequest API.
-install_manifests() {   # install_manifests KUSTOMIZE_DIR
-  "$KUBECTL" kustomize "$1" \
-    | sed "s|caBundle: \"\"|caBundle: $(base64 -w0 <"$P/webhook-ca.crt")|" \
-    | k apply -f - >/dev/null
-  write_endpoints kubevirt-reboot-webhook
-}
-
-# write_endpoints NAMESPACE: what the endpoints controller would write for the
-# webhook's Service there, pointing at this run's webhook process.
-write_endpoints() {
-  k apply -f - >/dev/null 2> >(grep -v 'v1 Endpoints is deprecated' >&2) <<EP
-apiVersion: v1
-kind: Endpoints
-metadata:
-  name: kubevirt-reboot-webhook
-  namespace: $1
-subsets:
-- addresses: [{ip: $WH_IP}]
-  ports: [{name: https, port: 8443}, {name: metrics, port: 8080}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: kubevirt-reboot-webhook-e2e
-  namespace: $1
-  labels: {kubernetes.io/service-name: kubevirt-reboot-webhook}
-addressType: IPv4
-endpoints:
-- addresses: [$WH_IP]
-  conditions: {ready: true}
-ports:
-- {name: https, port: 8443, protocol: TCP}
-- {name: metrics, port: 8080, protocol: TCP}
-EP
-}
-
-# The container's args from the installed Deployment, with the Secret
-# volume's path replaced by ours.
-deployment_args() {
-  k -n "${WH_NAMESPACE:-kubevirt-reboot-webhook}" get deployment kubevirt-reboot-webhook \
-    -o jsonpath='{range .spec.template.spec.containers[0].args[*]}{@}{"\n"}{end}' \
-    | sed "s|/etc/webhook/tls/|$W/webhook-tls/|"
-}
-
-# start_webhook [EXTRA ARGS...]
-start_webhook() {
-  local args
-  mapfile -t args < <(deployment_args)
-  in_webhook_ns true   # the namespace exists
-  start_bg webhook ip netns exec "$WNS" "$WEBHOOK_BIN" "${args[@]}" --kubeconfig "$W/webhook.kubeconfig" "$@"
-  wait_until 60 "webhook ready" curl -fsS --max-time 2 "http://$WH_IP:8080/readyz"
-}
-
-restart_webhook() { stop webhook; start_webhook "$@"; }
+# The webhook installed from the project's own manifests, as the README says:
+# the Secret with the serving certificate, then `kubectl apply` of the
+# rendered kustomization with the caBundle filled in. Its Pods run the image
+# of make image on the node.
+source "$E2E/webhook.sh"
 
 # 1,000 VMs (and 10 BootOnce ones) exist before the webhook is installed and
 # starts (scenario watches).
@@ -267,12 +234,11 @@ for batch in "-prefix fleet -count 1000" "-prefix fleet-bo -count 10 -run-strate
   expect_contains "$out" '"failed":0' "creating the fleet of VMs"
 done
 
+log "installing the webhook from manifests/ (a Deployment of 2 Pods, image $IMAGE_REF)"
+started=$SECONDS
+webhook_secret "$WH_NS" "$P/webhook-serving.crt" "$P/webhook-serving.key"
 install_manifests "$ROOT/manifests"
-token=$(k -n kubevirt-reboot-webhook create token kubevirt-reboot-webhook --duration=6h)
-kubeconfig "$W/webhook.kubeconfig" "https://$CP_IP:6443" "$P/ca.crt" token "$token"
-
-log "starting the webhook (cluster mode, as ServiceAccount kubevirt-reboot-webhook)"
-start_webhook
+log "webhook Pods ready in $((SECONDS - started)) s"
 
 # ------------------------------------------------------------- scenarios ---
 scenario() {   # scenario NAME: runs scenario_NAME unless E2E_SCENARIOS excludes it
@@ -291,7 +257,7 @@ scenario() {   # scenario NAME: runs scenario_NAME unless E2E_SCENARIOS excludes
 source "$E2E/scenarios.sh"
 
 # helm last: it replaces the kustomize install; audit reads what all wrote.
-for s in watches dryrun stamp reinvocation gate ratchet compat failure_policy blast_radius rotation mtls latency helm audit; do
+for s in watches dryrun stamp reinvocation gate ratchet compat failure_policy blast_radius pod_security rotation pod_loss mtls cert_manager latency helm audit; do
   scenario "$s"
 done
 echo "e2e: $passed passed, 0 failed"

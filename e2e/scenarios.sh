@@ -5,7 +5,6 @@ M=kubevirt_reboot_webhook
 GATE=RecreateVMIOnReboot
 KV=(-n kubevirt)
 CONTROLLER=system:serviceaccount:kubevirt:kubevirt-controller
-WH_CURL=(curl -sS --max-time 10 --resolve "$WH_SVC:8443:$WH_IP" --cacert "$P/webhook-ca.crt")
 
 # gate_spec JSON: replaces the KubeVirt resource's developerConfiguration.
 gate_spec() {
@@ -17,9 +16,9 @@ gate_version() {
     -p "{\"status\":{\"observedKubeVirtVersion\":$1}}" >/dev/null
 }
 
-# more_lines N PATTERN FILE: FILE has more than N lines matching PATTERN.
-more_lines() {
-  [ "$(grep -c "$2" "$3" || true)" -gt "$1" ]
+# more_log_lines N PATTERN: the webhook's Pods logged more than N lines matching PATTERN.
+more_log_lines() {
+  [ "$(webhook_logs | grep -c "$2" || true)" -gt "$1" ]
 }
 
 # Whether the API server, through the webhook, admits a VM with rebootPolicy.
@@ -81,6 +80,46 @@ spec:
 VMI
 }
 
+# stream_owners: the two VMs whose VMIs the streams create, one BootOnce
+# (must come back stamped) and one Always (must not).
+stream_owners() {
+  k -n e2e get vm stream-bootonce >/dev/null 2>&1 || vm e2e stream-bootonce BootOnce | k create -f - >/dev/null
+  k -n e2e get vm stream-always >/dev/null 2>&1 || vm e2e stream-always Always | k create -f - >/dev/null
+}
+
+# start_stream NAME: VMI creates in namespace e2e at E2E_STREAM_RATE per
+# second (default 50), as virt-controller would, alternating between the two
+# owners of stream_owners, until stop_stream NAME.
+start_stream() {
+  start_bg "stream-$1" "$E2EHELPER" stream -kubeconfig "$W/admin.kubeconfig" -n e2e -rate "${E2E_STREAM_RATE:-50}" \
+    -owners stream-bootonce,stream-always -prefix "$1"
+  wait_until 30 "the stream $1 to start" k -n e2e get vmi "$1-10"
+}
+
+# stop_stream NAME: stops it and prints its summary (JSON, see e2ehelper
+# stream); its VMIs are deleted.
+stop_stream() {
+  stop "stream-$1"
+  tail -n 1 "$W/logs/stream-$1.log"
+  k -n e2e delete vmi -l "e2e.reboot.kubevirt.io/stream=$1" --wait=false >/dev/null 2>&1 || true
+}
+
+# expect_clean_stream SUMMARY WHAT: no create failed, every VMI of the
+# BootOnce VM was stamped and no other; logs the figures.
+expect_clean_stream() {
+  python3 - "$1" "$2" <<'PY' >&2 || die "$2: $1"
+import json, sys
+s, what = json.loads(sys.argv[1]), sys.argv[2]
+print(f"  {what}: {s['created']} created in {s['seconds']:.1f} s ({s['rate']:.0f}/s), {s['failed']} failed, "
+      f"{s['unstamped']} BootOnce VMIs unstamped, {s['wrongly_stamped']} others stamped; "
+      f"create p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms, max {s['max_ms']:.0f} ms")
+for e in s["errors"] or []:
+    print(f"    error: {e}")
+ok = s["failed"] == 0 and s["unstamped"] == 0 and s["wrongly_stamped"] == 0 and s["created"] > 0
+sys.exit(0 if ok else 1)
+PY
+}
+
 # stored_vmi NS NAME: "<annotation>|<rebootPolicy>" of the stored VMI.
 stored_vmi() {
   k -n "$1" get vmi "$2" -o jsonpath='{.metadata.annotations.runstrategy\.kubevirt\.io}|{.spec.domain.rebootPolicy}'
@@ -111,9 +150,11 @@ PY
 # then honours what changed while it was away, the gate included.
 scenario_watches() {
   gate_spec "{\"featureGates\":[\"$GATE\"]}"
-  wait_until 20 "webhook ready" curl -fsS --max-time 2 "http://$WH_IP:8080/readyz"
-  local cached; cached=$(metric "$WH_METRICS" "${M}_vm_cache_objects")
-  [ "$cached" -ge 1010 ] || die "VM cache holds $cached objects, expected the 1,010 created before start"
+  wait_until 20 "webhook ready" endpoints_match_pods
+  local cached
+  for cached in $(metric_each "${M}_vm_cache_objects"); do
+    [ "$cached" -ge 1010 ] || die "a replica's VM cache holds $cached objects, expected the 1,010 created before start"
+  done
   local api0 cache0; api0=$(metric "$WH_METRICS" "${M}_owner_lookups_total{result=\"api\"}")
   cache0=$(metric "$WH_METRICS" "${M}_owner_lookups_total{result=\"cache\"}")
   for i in 0 1 2 3 4; do
@@ -128,9 +169,10 @@ scenario_watches() {
   local gone_uid bo8_uid; gone_uid=$(k -n fleet get vm fleet-bo-9 -o jsonpath='{.metadata.uid}')
   bo8_uid=$(k -n fleet get vm fleet-bo-8 -o jsonpath='{.metadata.uid}')
   log "  kube-apiserver away: the webhook answers from its cache"
+  local WH_POD_IP; WH_POD_IP=$(webhook_pod_ip)
   stop kube-apiserver
   local answer
-  answer=$("${WH_CURL[@]}" -H 'Content-Type: application/json' --data-binary @<(review_for_vmi fleet direct fleet-bo-8 "$bo8_uid") \
+  answer=$(wh_curl -H 'Content-Type: application/json' --data-binary @<(review_for_vmi fleet direct fleet-bo-8 "$bo8_uid") \
     "https://$WH_SVC:8443/mutate")
   expect_contains "$answer" '"allowed":true' "webhook answer while the API server is down"
   expect_contains "$answer" '"patch":' "webhook stamps from its cache while the API server is down"
@@ -149,16 +191,19 @@ scenario_watches() {
   etcd_call /v3/kv/compaction "{\"revision\":\"$rev\",\"physical\":true}" >/dev/null
   log "  etcd compacted at revision $rev; kube-apiserver back"
   # Lines logged from here on: the count of each before the restart.
-  local kv_live vm_live
-  kv_live=$(grep -c 'KubeVirt watch live again' "$W/logs/webhook.log" || true)
-  vm_live=$(grep -c 'VirtualMachine cache live again' "$W/logs/webhook.log" || true)
+  local kv_live vm_live replicas
+  kv_live=$(webhook_logs | grep -c 'KubeVirt watch live again' || true)
+  vm_live=$(webhook_logs | grep -c 'VirtualMachine cache live again' || true)
+  replicas=$(cat "$W/shipped-replicas.$WH_NS")
   start_apiserver
-  # Both watches relist after any failure (neither trusts a resumed watch,
-  # whose history the compaction removed) and say when they are live again.
-  wait_until 60 "the KubeVirt watch to be live again after the restart" \
-    more_lines "$kv_live" 'KubeVirt watch live again' "$W/logs/webhook.log"
-  wait_until 60 "the VM cache to be live again after the restart" \
-    more_lines "$vm_live" 'VirtualMachine cache live again' "$W/logs/webhook.log"
+  # Both watches of every replica relist after any failure (neither trusts a
+  # resumed watch, whose history the compaction removed) and say when they
+  # are live again.
+  wait_until 90 "the KubeVirt watches to be live again after the restart" \
+    more_log_lines "$((kv_live + replicas - 1))" 'KubeVirt watch live again'
+  wait_until 90 "the VM caches to be live again after the restart" \
+    more_log_lines "$((vm_live + replicas - 1))" 'VirtualMachine cache live again'
+  wait_until 60 "the webhook's Pods ready again" endpoints_match_pods
   expect_eq "$(metric "$WH_METRICS" "${M}_feature_gate_enabled")" 0 "gate turned off while the webhook could not see it"
   expect_gate off >/dev/null
   gate_spec "{\"featureGates\":[\"$GATE\"]}"
@@ -166,8 +211,11 @@ scenario_watches() {
 
   vmi fleet outage-new outage-new | k create --as="$CONTROLLER" -f - >/dev/null
   expect_eq "$(stored_vmi fleet outage-new)" "BootOnce|Terminate" "VMI of a BootOnce VM created during the outage"
-  vmi fleet fleet-bo-9 fleet-bo-9 "$gone_uid" | k create --as="$CONTROLLER" -f - >/dev/null
-  expect_eq "$(stored_vmi fleet fleet-bo-9)" "|" "VMI of a VM deleted during the outage (owner gone: unchanged)"
+  # As stored by the create (the garbage collector deletes it right after:
+  # its owner is gone).
+  expect_eq "$(vmi fleet fleet-bo-9 fleet-bo-9 "$gone_uid" | k create --as="$CONTROLLER" -f - \
+      -o jsonpath='{.metadata.annotations.runstrategy\.kubevirt\.io}|{.spec.domain.rebootPolicy}')" \
+    "|" "VMI of a VM deleted during the outage (owner gone: unchanged)"
   vmi fleet fleet-7 fleet-7 | k create --as="$CONTROLLER" -f - >/dev/null
   expect_eq "$(stored_vmi fleet fleet-7)" "BootOnce|Terminate" "VMI of a VM switched to BootOnce during the outage"
 }
@@ -309,7 +357,6 @@ virtualmachine.kubevirt.io/ratchet labeled" "kubectl's output for an unrelated e
 scenario_compat() {
   gate_spec "{\"featureGates\":[\"$GATE\"]}"
   install_manifests "$ROOT/manifests/overlays/compat"
-  restart_webhook
   expect_gate on >/dev/null
   local f=$ROOT/examples/bootonce-vm.yaml out
   out=$(k apply -f "$f" 2>&1) || die "kubectl apply of examples/bootonce-vm.yaml: $out"
@@ -352,7 +399,6 @@ scenario_compat() {
   k -n default delete vmi installer >/dev/null
   k -n default delete vm installer >/dev/null
   install_manifests "$ROOT/manifests"
-  restart_webhook
 }
 
 # ---------------------------------------------------------------------------
@@ -361,7 +407,7 @@ scenario_compat() {
 scenario_failure_policy() {
   gate_spec "{\"featureGates\":[\"$GATE\"]}"
   expect_gate on >/dev/null
-  stop webhook
+  stop_webhook
   local out
   if out=$(vm e2e fp-terminate Always Terminate | k create -f - 2>&1); then
     die "a VM with rebootPolicy was admitted while the webhook was down"
@@ -394,40 +440,54 @@ scenario_failure_policy() {
 }
 
 # ---------------------------------------------------------------------------
-# The serving certificate is re-issued from the same CA while VMI creates
-# stream through the webhook: zero failures.
+# The serving certificate is re-issued from the same CA into the Secret while
+# VMI creates stream through the webhook: the kubelet updates every Pod's
+# Secret volume, each Pod serves the new certificate, no create fails.
 scenario_rotation() {
   gate_spec "{\"featureGates\":[\"$GATE\"]}"
   expect_gate on >/dev/null
-  k get vm -n e2e installer >/dev/null 2>&1 || vm e2e installer BootOnce | k create -f - >/dev/null
-  local expiry0; expiry0=$(metric "$WH_METRICS" "${M}_certificate_expiry_timestamp_seconds")
-  start_bg rotation-stream "$E2EHELPER" latency -kubeconfig "$W/admin.kubeconfig" -n e2e -owner installer \
-    -prefix rot -warmup 0 -count 1500
-  local pid; pid=$(pid_of rotation-stream)
-  wait_until 30 "the stream of VMI creates to start" k -n e2e get vmi rot-50
+  stream_owners
+  local ip expiry0
+  expiry0=$(metric_each "${M}_certificate_expiry_timestamp_seconds" | sort -n | tail -n 1)
+  start_stream rot
   pki_cert "$P" rotated webhook-ca "/CN=$WH_SVC" "DNS:$WH_SVC,DNS:$WH_SVC.cluster.local" serverAuth 30
-  cp "$P/rotated.key" "$W/webhook-tls/tls.key.new"; cp "$P/rotated.crt" "$W/webhook-tls/tls.crt.new"
-  mv "$W/webhook-tls/tls.key.new" "$W/webhook-tls/tls.key"; mv "$W/webhook-tls/tls.crt.new" "$W/webhook-tls/tls.crt"
-  cert_reloaded() { [ "$(metric "$WH_METRICS" "${M}_certificate_expiry_timestamp_seconds")" -gt "$((expiry0 + 86400))" ]; }
-  wait_until 15 "the webhook to load the new certificate" cert_reloaded
-  local served; served=$(openssl s_client -connect "$WH_IP:8443" -servername "$WH_SVC" </dev/null 2>/dev/null | openssl x509 -noout -serial)
-  expect_eq "$served" "$(openssl x509 -noout -serial -in "$P/rotated.crt")" "certificate served after rotation"
-  kill -0 "$pid" 2>/dev/null || die "the stream of VMI creates ended before the rotation; make it longer"
-  wait "$pid" || die "VMI creates failed during the rotation: $(tail -3 "$W/logs/rotation-stream.log")"
-  rm -f "$W/pids/rotation-stream"
-  local result; result=$(tail -1 "$W/logs/rotation-stream.log")
-  expect_contains "$result" '"count":1500,"max_ms"' "creates during the rotation"
-  expect_contains "$result" '"stamped":1500' "every VMI created during the rotation was stamped"
-  log "  1,500 VMI creates across the rotation, none failed: $result"
+  webhook_secret "$WH_NS" "$P/rotated.crt" "$P/rotated.key"
+  local t0=$SECONDS
+  wait_until 120 "every Pod to load the new certificate" every_pod_expiry_after "$((expiry0 + 86400))"
+  log "  the Pods served the new certificate $((SECONDS - t0)) s after the Secret changed"
+  for ip in $(webhook_pod_ips); do
+    expect_eq "$(openssl s_client -connect "$ip:8443" -servername "$WH_SVC" </dev/null 2>/dev/null | openssl x509 -noout -serial)" \
+      "$(openssl x509 -noout -serial -in "$P/rotated.crt")" "certificate served by the Pod at $ip after rotation"
+  done
+  sleep 3
+  expect_clean_stream "$(stop_stream rot)" "VMI creates across the rotation"
+}
+every_pod_expiry_after() {
+  local e
+  for e in $(metric_each "${M}_certificate_expiry_timestamp_seconds"); do [ "$e" -gt "$1" ] || return 1; done
 }
 
 # ---------------------------------------------------------------------------
 # mTLS: kube-apiserver presents the client certificate of its
-# --admission-control-config-file; the webhook requires it (--client-ca,
-# --client-name); a client without it is refused.
+# --admission-control-config-file; the webhook, installed with
+# components/mtls and a --client-name of the overlay's own, requires it; a
+# client without it is refused.
 scenario_mtls() {
   gate_spec "{\"featureGates\":[\"$GATE\"]}"
-  restart_webhook --client-ca="$P/webhook-client-ca.crt" --client-name=kube-apiserver-webhook-client
+  k -n "$WH_NS" create configmap kubevirt-reboot-webhook-client-ca --from-file=ca.crt="$P/webhook-client-ca.crt" >/dev/null
+  local overlay=$W/mtls-overlay
+  mkdir -p "$overlay"
+  cat >"$overlay/kustomization.yaml" <<KUST
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources: [$(realpath --relative-to="$overlay" "$ROOT/manifests")]
+components: [$(realpath --relative-to="$overlay" "$ROOT/manifests/components/mtls")]
+patches:
+- target: {kind: Deployment, name: kubevirt-reboot-webhook}
+  patch: |-
+    - {op: add, path: /spec/template/spec/containers/0/args/-, value: --client-name=kube-apiserver-webhook-client}
+KUST
+  install_manifests "$overlay"
   expect_gate on >/dev/null
   local out
   if out=$(k apply --dry-run=server -f "$ROOT/examples/invalid/lowercase-reboot-policy.yaml" 2>&1); then
@@ -436,17 +496,171 @@ scenario_mtls() {
   expect_contains "$out" 'Unsupported value: "terminate"' "a denial through mTLS"
   vm e2e mtls Always Terminate | k create -f - >/dev/null
   local review='{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"1","kind":{"group":"kubevirt.io","version":"v1","kind":"VirtualMachine"},"resource":{"group":"kubevirt.io","version":"v1","resource":"virtualmachines"},"operation":"CREATE","userInfo":{"username":"x"},"object":{}}}'
-  if "${WH_CURL[@]}" -H 'Content-Type: application/json' -d "$review" "https://$WH_SVC:8443/validate" >/dev/null 2>&1; then
+  if wh_curl -H 'Content-Type: application/json' -d "$review" "https://$WH_SVC:8443/validate" >/dev/null 2>&1; then
     die "a client without a certificate was served"
   fi
-  if "${WH_CURL[@]}" --cert "$P/stranger.crt" --key "$P/stranger.key" -H 'Content-Type: application/json' -d "$review" \
+  if wh_curl --cert "$P/stranger.crt" --key "$P/stranger.key" -H 'Content-Type: application/json' -d "$review" \
       "https://$WH_SVC:8443/validate" >/dev/null 2>&1; then
     die "a client with a certificate from another CA was served"
   fi
-  out=$("${WH_CURL[@]}" --cert "$P/apiserver-webhook-client.crt" --key "$P/apiserver-webhook-client.key" \
+  out=$(wh_curl --cert "$P/apiserver-webhook-client.crt" --key "$P/apiserver-webhook-client.key" \
     -H 'Content-Type: application/json' -d "$review" "https://$WH_SVC:8443/validate") || die "the API server's certificate was refused"
   expect_contains "$out" '"allowed":true' "a review with the API server's client certificate"
-  restart_webhook
+  install_manifests "$ROOT/manifests"
+  k -n "$WH_NS" delete configmap kubevirt-reboot-webhook-client-ca >/dev/null
+}
+
+# ---------------------------------------------------------------------------
+# The Pods as the kubelet runs them, read from the running containers, not
+# from the manifests: the image's user 65532, a read-only root, no
+# capabilities, no privilege escalation, seccomp, no shell in the image, the
+# Deployment's resource limits on the cgroup, the serving certificate from
+# the Secret volume; and the API server reached with the projected
+# ServiceAccount token through the kubernetes Service (its audit log names
+# the Pod the token was bound to).
+scenario_pod_security() {
+  local pid n=0 status root sh image
+  image=$(k -n "$WH_NS" get pods -l "$WH_SELECTOR" -o jsonpath='{.items[0].status.containerStatuses[0].image}')
+  expect_eq "$image" "docker.io/library/$IMAGE_REF" "the Pods' image"
+  for pid in $(webhook_container_pids); do
+    status=$(cat "/proc/$pid/status")
+    expect_contains "$status" $'Uid:\t65532\t65532\t65532\t65532' "the webhook process's user ids"
+    expect_contains "$status" $'Gid:\t65532\t65532\t65532\t65532' "the webhook process's group ids"
+    local cap
+    for cap in CapInh CapPrm CapEff CapBnd CapAmb; do
+      expect_contains "$status" $'\n'"$cap:"$'\t0000000000000000' "the webhook process's $cap"
+    done
+    expect_contains "$status" $'NoNewPrivs:\t1' "no privilege escalation"
+    expect_contains "$status" $'Seccomp:\t2' "a seccomp filter (RuntimeDefault)"
+    root=$(awk '$5 == "/" { print $6 }' "/proc/$pid/mountinfo")
+    [[ $root == ro,* || $root == ro ]] || die "the container's root filesystem is mounted $root, not read-only"
+    for sh in bin/sh bin/bash usr/bin/sh usr/bin/bash bin/busybox; do
+      [ ! -e "/proc/$pid/root/$sh" ] || die "the image has a shell: /$sh"
+    done
+    expect_eq "$(tr '\0' ' ' <"/proc/$pid/cmdline" | cut -d' ' -f1-2)" "/usr/local/bin/kubevirt-reboot-webhook serve" "the entrypoint"
+    expect_eq "$(cat "$(cgroup_file "$pid" memory memory.limit_in_bytes)")" 268435456 "the memory limit on the cgroup"
+    expect_eq "$(cat "$(cgroup_file "$pid" cpu cpu.cfs_quota_us)")/$(cat "$(cgroup_file "$pid" cpu cpu.cfs_period_us)")" \
+      50000/100000 "the CPU limit on the cgroup (500m)"
+    cmp -s "/proc/$pid/root/etc/webhook/tls/tls.crt" <(k -n "$WH_NS" get secret kubevirt-reboot-webhook-tls -o jsonpath='{.data.tls\.crt}' | base64 -d) \
+      || die "the Pod's /etc/webhook/tls/tls.crt is not the Secret's"
+    tr '\0' '\n' <"/proc/$pid/environ" | grep -qx 'KUBERNETES_SERVICE_HOST=198.19.0.1' \
+      || die "the Pod was not given the kubernetes Service's address"
+    n=$((n + 1))
+  done
+  expect_eq "$n" "$(cat "$W/shipped-replicas.$WH_NS")" "webhook containers inspected"
+  python3 - "$W/audit.log" "$POD_CIDR" <<'PY' >&2 || die "the audit log shows no list of VirtualMachines by the webhook's Pods"
+import ipaddress, json, sys
+cidr = ipaddress.ip_network(sys.argv[2])
+sa = "system:serviceaccount:kubevirt-reboot-webhook:kubevirt-reboot-webhook"
+for line in open(sys.argv[1]):
+    e = json.loads(line)
+    u, o = e.get("user", {}), e.get("objectRef", {})
+    if u.get("username") == sa and o.get("resource") == "virtualmachines" and e.get("verb") in ("list", "watch") \
+            and any(ipaddress.ip_address(ip) in cidr for ip in e.get("sourceIPs", [])) \
+            and u.get("extra", {}).get("authentication.kubernetes.io/pod-name"):
+        print(f"  audit: {e['verb']} virtualmachines by {sa} from {e['sourceIPs'][0]}, token bound to Pod "
+              f"{u['extra']['authentication.kubernetes.io/pod-name'][0]}")
+        sys.exit(0)
+sys.exit(1)
+PY
+}
+
+# ---------------------------------------------------------------------------
+# A replica's Pod is evicted, as a node drain does, while VMI creates stream
+# in: the PodDisruptionBudget refuses a second eviction until the
+# replacement is ready, the evicted Pod turns unready and drains, and no
+# create fails. Peak memory under the stream stays well under the limit.
+scenario_pod_loss() {
+  gate_spec "{\"featureGates\":[\"$GATE\"]}"
+  expect_gate on >/dev/null
+  stream_owners
+  local pods out
+  mapfile -t pods < <(webhook_pods)
+  [ "${#pods[@]}" -ge 2 ] || die "expected 2 webhook Pods, found: ${pods[*]}"
+  start_stream loss
+  out=$(evict "${pods[0]}" 2>&1) || die "evicting ${pods[0]}: $out"
+  if out=$(evict "${pods[1]}" 2>&1); then
+    die "a second Pod was evicted while the first one's replacement was not ready"
+  fi
+  expect_contains "$out" "disruption budget" "the second eviction"
+  local t0=$SECONDS
+  wait_until 120 "${pods[0]} gone and its replacement ready" pod_replaced "${pods[0]}"
+  log "  ${pods[0]} replaced in $((SECONDS - t0)) s; the second eviction was refused by the PodDisruptionBudget"
+  sleep 3
+  expect_clean_stream "$(stop_stream loss)" "VMI creates while a Pod was evicted"
+  expect_memory_under_limit "under the stream"
+}
+evict() {
+  k create --raw "/api/v1/namespaces/$WH_NS/pods/$1/eviction" -f - <<EV
+{"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": "$1", "namespace": "$WH_NS"}}
+EV
+}
+pod_replaced() { ! webhook_pods | grep -qx "$1" && endpoints_match_pods; }
+
+# ---------------------------------------------------------------------------
+# Certificates the cert-manager way (manifests/overlays/cert-manager): its
+# Issuer and Certificates issue the serving certificate into the Secret and
+# cainjector writes the CA into both webhooks at once; then, under a stream
+# of VMI creates, the serving certificate is renewed (the Secret rewritten,
+# the caBundle re-injected, the Pods see the new files only when the kubelet
+# updates the volume) and so is the CA: no create fails. cert-manager's
+# writes are reproduced by `e2ehelper certmanager` (e2e/README.md).
+scenario_cert_manager() {
+  gate_spec "{\"featureGates\":[\"$GATE\"]}"
+  k apply -f "$E2E/cluster/cert-manager-crds.yaml" >/dev/null
+  k wait --for condition=established --timeout=60s crd certificates.cert-manager.io issuers.cert-manager.io >/dev/null
+  k -n "$WH_NS" delete secret kubevirt-reboot-webhook-tls >/dev/null
+  "$KUBECTL" kustomize "$ROOT/manifests/overlays/cert-manager" | k apply -f - >/dev/null
+  cert_manager "$WH_NS" issue >/dev/null
+  wait_until 120 "the Pods to serve the certificate cert-manager issued" pods_serve_secret "$WH_NS"
+  expect_gate on >/dev/null
+  stream_owners
+  start_stream cm-leaf
+  renew_under_stream "$WH_NS" kubevirt-reboot-webhook "the serving certificate"
+  sleep 3
+  expect_clean_stream "$(stop_stream cm-leaf)" "VMI creates across the serving certificate's renewal"
+  # The CA renewed (same key), then the serving certificate from it: between
+  # the two the API server trusts the renewed CA while the Pods serve a
+  # certificate the former CA signed.
+  start_stream cm-ca
+  cert_manager "$WH_NS" issue kubevirt-reboot-webhook-ca >/dev/null
+  sleep 3
+  renew_under_stream "$WH_NS" kubevirt-reboot-webhook "the serving certificate, now from the renewed CA"
+  sleep 3
+  expect_clean_stream "$(stop_stream cm-ca)" "VMI creates across the CA's renewal"
+  # Back to the dev certificate of the other scenarios.
+  k delete -n "$WH_NS" certificates.cert-manager.io,issuers.cert-manager.io --all >/dev/null
+  webhook_secret "$WH_NS" "$P/webhook-serving.crt" "$P/webhook-serving.key"
+  install_manifests "$ROOT/manifests"
+  wait_until 120 "the Pods to serve the dev certificate again" pods_serve_secret "$WH_NS"
+}
+
+cert_manager() {   # cert_manager NS issue [CERTIFICATE...]
+  local ns=$1; shift
+  "$E2EHELPER" certmanager -kubeconfig "$W/admin.kubeconfig" -n "$ns" "$@"
+}
+
+# renew_under_stream NS CERTIFICATE WHAT: cert-manager renews it (as `cmctl
+# renew` makes it do): the Secret is rewritten and cainjector re-injects the
+# CA at once; the Pods serve the new certificate once the kubelet has
+# updated their volume.
+renew_under_stream() {
+  local t0=$SECONDS
+  cert_manager "$1" issue "$2" >/dev/null
+  wait_until 120 "the Pods to serve what the Secret holds after renewing $3" pods_serve_secret "$1"
+  log "  renewed $3: the Pods served it $((SECONDS - t0)) s later"
+}
+
+# pods_serve_secret NS: every ready Pod serves tls.crt of the Secret, and
+# the API server trusts it with the caBundle it has (a dry-run through the
+# webhook succeeds).
+pods_serve_secret() {
+  local want ip
+  want=$(k -n "$1" get secret kubevirt-reboot-webhook-tls -o jsonpath='{.data.tls\.crt}' | base64 -d | openssl x509 -noout -serial)
+  for ip in $(WH_NAMESPACE=$1 webhook_pod_ips); do
+    [ "$(openssl s_client -connect "$ip:8443" </dev/null 2>/dev/null | openssl x509 -noout -serial 2>/dev/null)" = "$want" ] || return 1
+  done
+  rebootpolicy_allowed
 }
 
 # ---------------------------------------------------------------------------
@@ -557,31 +771,30 @@ scenario_blast_radius() {
 }
 
 # ---------------------------------------------------------------------------
-# The Helm chart on the real API server: install into a fresh namespace
-# (refused while no CA is known), the core scenarios, upgrade with a changed
-# value, uninstall leaving no webhook configuration behind.
+# The Helm chart on the real API server and node: install into a fresh
+# namespace (refused while no CA is known), `helm install --wait` until the
+# Pods serve, the core scenarios, a rolling update (`helm upgrade` that
+# changes an argument) under a stream of VMI creates with none failing,
+# uninstall leaving no webhook configuration behind.
 scenario_helm() {
   local h=("$HELM" --kubeconfig "$W/admin.kubeconfig") NS=krw-helm chart=$ROOT/charts/kubevirt-reboot-webhook out
   gate_spec "{\"featureGates\":[\"$GATE\"]}"
   k delete mutatingwebhookconfiguration,validatingwebhookconfiguration -l app.kubernetes.io/name=kubevirt-reboot-webhook >/dev/null
   "$KUBECTL" kustomize "$ROOT/manifests" | k delete --ignore-not-found --wait=false -f - >/dev/null
-  stop webhook
   k create namespace "$NS" >/dev/null
   local svc=kubevirt-reboot-webhook.$NS.svc
   pki_cert "$P" helm-serving webhook-ca "/CN=$svc" "DNS:$svc,DNS:$svc.cluster.local" serverAuth
-  cp "$P/helm-serving.crt" "$W/webhook-tls/tls.crt"; cp "$P/helm-serving.key" "$W/webhook-tls/tls.key"
-  k -n "$NS" create secret generic kubevirt-reboot-webhook-tls \
-    --from-file=tls.crt="$P/helm-serving.crt" --from-file=tls.key="$P/helm-serving.key" >/dev/null
+  webhook_secret "$NS" "$P/helm-serving.crt" "$P/helm-serving.key"
   if out=$("${h[@]}" install kubevirt-reboot-webhook "$chart" -n "$NS" 2>&1); then
     die "helm install without any CA succeeded: $out"
   fi
   expect_contains "$out" "certificate.source=secret needs the CA" "helm install without a CA"
   expect_eq "$(k get mutatingwebhookconfiguration,validatingwebhookconfiguration -l app.kubernetes.io/name=kubevirt-reboot-webhook -o name)" "" \
     "webhook configurations after the refused install"
-  k -n "$NS" create secret generic kubevirt-reboot-webhook-tls --dry-run=client -o yaml \
-    --from-file=tls.crt="$P/helm-serving.crt" --from-file=tls.key="$P/helm-serving.key" --from-file=ca.crt="$P/webhook-ca.crt" \
-    | k apply -f - >/dev/null 2>&1
-  out=$("${h[@]}" install kubevirt-reboot-webhook "$chart" -n "$NS" 2>&1) || die "helm install: $out"
+  webhook_secret "$NS" "$P/helm-serving.crt" "$P/helm-serving.key" "$P/webhook-ca.crt"
+  local t0=$SECONDS
+  out=$("${h[@]}" install kubevirt-reboot-webhook "$chart" -n "$NS" --wait --timeout 5m 2>&1) || die "helm install --wait: $out"
+  log "  helm install --wait returned after $((SECONDS - t0)) s"
   expect_eq "$("${h[@]}" status kubevirt-reboot-webhook -n "$NS" -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["info"]["status"])')" \
     deployed "helm status"
   local ca; ca=$(base64 -w0 <"$P/webhook-ca.crt")
@@ -589,10 +802,9 @@ scenario_helm() {
   expect_eq "$(k get validatingwebhookconfiguration kubevirt-reboot-webhook -o jsonpath='{.webhooks[0].clientConfig.caBundle}')" "$ca" "validating caBundle"
   expect_eq "$(k get validatingwebhookconfiguration kubevirt-reboot-webhook -o jsonpath='{.webhooks[0].namespaceSelector.matchExpressions[0].values}')" \
     '["kube-system","krw-helm"]' "namespaceSelector"
-  write_endpoints "$NS"
-  local token; token=$(k -n "$NS" create token kubevirt-reboot-webhook --duration=1h)
-  kubeconfig "$W/webhook.kubeconfig" "https://$CP_IP:6443" "$P/ca.crt" token "$token"
-  WH_NAMESPACE=$NS start_webhook
+  local WH_NAMESPACE=$NS
+  # --wait returned: the Pods are ready; their endpoints follow.
+  webhook_installed
   expect_gate on >/dev/null
   # The core scenarios through the chart's install.
   if out=$(k apply --dry-run=server -f "$ROOT/examples/invalid/lowercase-reboot-policy.yaml" 2>&1); then die "invalid VM admitted"; fi
@@ -600,23 +812,45 @@ scenario_helm() {
   k get vm -n e2e helm-bootonce >/dev/null 2>&1 || vm e2e helm-bootonce BootOnce | k create -f - >/dev/null
   vmi e2e helm-bootonce helm-bootonce | k create --as="$CONTROLLER" -f - >/dev/null
   expect_eq "$(stored_vmi e2e helm-bootonce)" "BootOnce|Terminate" "VMI stamped through the chart"
-  # Upgrade with a changed value: warn mode.
-  out=$("${h[@]}" upgrade kubevirt-reboot-webhook "$chart" -n "$NS" --reuse-values --set mode=warn 2>&1) || die "helm upgrade: $out"
+  # A rolling update that changes an argument (warn mode), under a stream of
+  # VMI creates: the old Pods drain while the new ones take over.
+  stream_owners
+  local before; before=$(webhook_pods | sort | tr '\n' ' ')
+  start_stream helm-rollout
+  t0=$SECONDS
+  out=$("${h[@]}" upgrade kubevirt-reboot-webhook "$chart" -n "$NS" --reuse-values --set mode=warn --wait --timeout 5m 2>&1) \
+    || die "helm upgrade: $out"
+  wait_rollout
+  log "  helm upgrade --wait (mode=warn) and the rollout took $((SECONDS - t0)) s"
+  sleep 3
+  expect_clean_stream "$(stop_stream helm-rollout)" "VMI creates during helm upgrade's rolling update"
+  local after; after=$(webhook_pods | sort | tr '\n' ' ')
+  [ -z "$(comm -12 <(tr ' ' '\n' <<<"$before" | sed '/^$/d') <(tr ' ' '\n' <<<"$after" | sed '/^$/d'))" ] \
+    || die "the rollout kept Pods of the old revision: before $before, after $after"
+  expect_memory_under_limit "after the rolling update"
   expect_eq "$("${h[@]}" status kubevirt-reboot-webhook -n "$NS" -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["version"])')" 2 "revision after the upgrade"
   expect_contains "$(deployment_args_in "$NS")" "--mode=warn" "Deployment args after the upgrade"
-  stop webhook
-  WH_NAMESPACE=$NS start_webhook
+  # The old Pods keep answering for their shutdown delay on the connections
+  # the API server has open to them; then only warn mode answers.
+  wait_until 60 "warn mode after the upgrade" invalid_vm_admitted
   out=$(k apply --dry-run=server -f "$ROOT/examples/invalid/lowercase-reboot-policy.yaml" 2>&1) || die "warn mode still denies: $out"
   expect_contains "$out" "Warning: " "warn mode's warning"
   expect_contains "$out" 'Unsupported value: "terminate"' "warn mode's warning text"
+  # Roll back, as the README says: the previous revision's arguments again.
+  out=$("${h[@]}" rollback kubevirt-reboot-webhook 1 -n "$NS" --wait --timeout 5m 2>&1) || die "helm rollback: $out"
+  wait_rollout
+  expect_not_contains "$(deployment_args_in "$NS")" "--mode=warn" "Deployment args after the rollback"
+  wait_until 60 "enforce mode after the rollback" invalid_vm_denied
   # Uninstall: nothing of the webhook's cluster-wide objects is left.
-  out=$("${h[@]}" uninstall kubevirt-reboot-webhook -n "$NS" 2>&1) || die "helm uninstall: $out"
+  out=$("${h[@]}" uninstall kubevirt-reboot-webhook -n "$NS" --wait 2>&1) || die "helm uninstall: $out"
   expect_eq "$(k get mutatingwebhookconfiguration,validatingwebhookconfiguration,clusterrole,clusterrolebinding -l app.kubernetes.io/name=kubevirt-reboot-webhook -o name)" "" \
     "cluster-wide objects after helm uninstall"
-  stop webhook
   rebootpolicy_allowed || die "a VM with rebootPolicy is still judged after the uninstall (gate is on, nothing should deny)"
   vm e2e helm-after Always Terminate | k create --dry-run=server -f - >/dev/null || die "a VM write after the uninstall failed"
 }
+
+invalid_vm_admitted() { k apply --dry-run=server -f "$ROOT/examples/invalid/lowercase-reboot-policy.yaml" >/dev/null 2>&1; }
+invalid_vm_denied() { ! invalid_vm_admitted; }
 
 deployment_args_in() { WH_NAMESPACE=$1 deployment_args | tr '\n' ' '; }
 

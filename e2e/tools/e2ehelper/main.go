@@ -4,6 +4,8 @@
 //	e2ehelper latency  -kubeconfig K -n NS -count N [-as USER] [-owner VM]  # N sequential VMI creates, timed
 //	e2ehelper vms      -kubeconfig K -n NS -count N -prefix P [-delete]     # many plain VMs at once
 //	e2ehelper webhook  -listen ADDR -cert C -key K                          # a second mutating webhook
+//	e2ehelper stream   -kubeconfig K -n NS -rate R -owners A,B [-prefix P]  # VMI creates at R/s until SIGTERM
+//	e2ehelper certmanager -kubeconfig K -n NS issue [CERT...]              # cert-manager's and cainjector's writes
 //
 // Everything it prints on stdout is one JSON object, for run.sh to read.
 package main
@@ -16,9 +18,12 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/signal"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
@@ -47,6 +52,10 @@ func main() {
 		err = vms(os.Args[2:])
 	case "webhook":
 		err = webhook(os.Args[2:])
+	case "stream":
+		err = stream(os.Args[2:])
+	case "certmanager":
+		err = certmanager(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}
@@ -304,4 +313,120 @@ func webhook(args []string) error {
 	srv := &http.Server{Addr: *listen, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	fmt.Fprintf(os.Stderr, "e2ehelper webhook on https://%s\n", *listen)
 	return srv.ListenAndServeTLS(*cert, *key)
+}
+
+// stream creates VMIs at -rate per second, as virt-controller would (as its
+// service account, each controlled by one of -owners in turn), until SIGTERM
+// or SIGINT, then waits for the creates in flight and prints what happened:
+// creates, failures (with the first few errors, as the API server gave
+// them), and whether each VMI was stamped as its owner's runStrategy says
+// (an owner whose runStrategy is BootOnce must come back stamped, any other
+// not). Scenarios run it while they roll out, delete or re-certify the
+// webhook's Pods.
+func stream(args []string) error {
+	fs := flag.NewFlagSet("stream", flag.ExitOnError)
+	kubeconfig := fs.String("kubeconfig", "", "kubeconfig")
+	ns := fs.String("n", "default", "namespace")
+	rate := fs.Float64("rate", 50, "creates per second")
+	owners := fs.String("owners", "", "comma-separated VirtualMachines that control the VMIs, in turn")
+	as := fs.String("as", "system:serviceaccount:kubevirt:kubevirt-controller", "user to create as")
+	prefix := fs.String("prefix", "stream", "VMI name prefix")
+	_ = fs.Parse(args)
+	if *rate <= 0 || *owners == "" {
+		return fmt.Errorf("stream needs -rate > 0 and -owners")
+	}
+	ctx := context.Background()
+	admin, err := client(*kubeconfig, "", 1000)
+	if err != nil {
+		return err
+	}
+	dyn, err := client(*kubeconfig, *as, 10000)
+	if err != nil {
+		return err
+	}
+	type owner struct {
+		ref      []any
+		bootOnce bool
+	}
+	var vms []owner
+	for _, name := range strings.Split(*owners, ",") {
+		vm, err := admin.Resource(vmGVR).Namespace(*ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		strategy, _, _ := unstructured.NestedString(vm.Object, "spec", "runStrategy")
+		vms = append(vms, owner{ref: []any{map[string]any{
+			"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "name": vm.GetName(),
+			"uid": string(vm.GetUID()), "controller": true, "blockOwnerDeletion": true,
+		}}, bootOnce: strategy == "BootOnce"})
+	}
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+	var (
+		mu                sync.Mutex
+		samples           []time.Duration
+		errs              []string
+		created, failed   int
+		unstamped, forged int
+		wg                sync.WaitGroup
+	)
+	one := func(i int) {
+		defer wg.Done()
+		o := vms[i%len(vms)]
+		obj := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+			"metadata": map[string]any{"name": fmt.Sprintf("%s-%d", *prefix, i), "ownerReferences": o.ref,
+				"labels": map[string]any{"e2e.reboot.kubevirt.io/stream": *prefix}},
+			"spec": map[string]any{"domain": map[string]any{"devices": map[string]any{}}},
+		}}
+		start := time.Now()
+		got, err := dyn.Resource(vmiGVR).Namespace(*ns).Create(ctx, obj, metav1.CreateOptions{})
+		took := time.Since(start)
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			failed++
+			if len(errs) < 5 {
+				errs = append(errs, fmt.Sprintf("%s after %s: %v", time.Now().Format("15:04:05.000"), took.Round(time.Millisecond), err))
+			}
+			return
+		}
+		created++
+		samples = append(samples, took)
+		stamped := got.GetAnnotations()["runstrategy.kubevirt.io"] == "BootOnce"
+		switch {
+		case o.bootOnce && !stamped:
+			unstamped++
+		case !o.bootOnce && stamped:
+			forged++
+		}
+	}
+	began := time.Now()
+	tick := time.NewTicker(time.Duration(float64(time.Second) / *rate))
+	defer tick.Stop()
+	for i := 0; ; i++ {
+		select {
+		case <-stop:
+			wg.Wait()
+			sort.Slice(samples, func(a, b int) bool { return samples[a] < samples[b] })
+			q := func(p float64) float64 {
+				if len(samples) == 0 {
+					return 0
+				}
+				k := int(p*float64(len(samples))+0.5) - 1
+				k = max(0, min(k, len(samples)-1))
+				return float64(samples[k].Microseconds()) / 1000
+			}
+			secs := time.Since(began).Seconds()
+			return printJSON(map[string]any{
+				"created": created, "failed": failed, "errors": errs,
+				"unstamped": unstamped, "wrongly_stamped": forged,
+				"seconds": secs, "rate": float64(created+failed) / secs,
+				"p50_ms": q(0.50), "p99_ms": q(0.99), "max_ms": q(1.0),
+			})
+		case <-tick.C:
+			wg.Add(1)
+			go one(i)
+		}
+	}
 }
