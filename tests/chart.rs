@@ -556,7 +556,28 @@ fn another_release_name_and_namespace_are_used_everywhere() {
             json!(["kube-system", "virt-hooks"])
         );
     }
-    let cert = one(&objs, "Certificate");
+    let named = |kind: &str, n: &str| {
+        objs.iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == n)
+            .unwrap_or_else(|| panic!("no {kind} {n}"))
+    };
+    // cert-manager's pattern for webhooks: a self-signed Issuer signs the
+    // release's CA, which keeps its key; a CA Issuer signs the serving
+    // certificate.
+    let ca = named("Certificate", &format!("{name}-ca"));
+    assert_eq!(ca["spec"]["isCA"], true);
+    assert_eq!(ca["spec"]["privateKey"]["rotationPolicy"], "Never");
+    assert_eq!(
+        ca["spec"]["issuerRef"]["name"],
+        format!("{name}-selfsigned")
+    );
+    assert!(named("Issuer", &format!("{name}-selfsigned"))["spec"]["selfSigned"].is_object());
+    assert_eq!(
+        named("Issuer", &format!("{name}-ca"))["spec"]["ca"]["secretName"],
+        format!("{name}-ca")
+    );
+    let cert = named("Certificate", name);
+    assert_eq!(cert["spec"]["issuerRef"]["name"], format!("{name}-ca"));
     assert_eq!(
         cert["spec"]["dnsNames"],
         json!([
@@ -803,8 +824,8 @@ fn image_tag_is_the_release_everywhere() {
     let chart_yaml = std::fs::read_to_string(chart().join("Chart.yaml")).expect("Chart.yaml");
     let app: Value = serde_yaml_ng::from_str(&chart_yaml).expect("Chart.yaml");
     assert_eq!(app["appVersion"], version, "Chart.yaml appVersion");
-    let deployment =
-        std::fs::read_to_string(tools::repo().join("manifests/base/deployment.yaml")).expect("read");
+    let deployment = std::fs::read_to_string(tools::repo().join("manifests/base/deployment.yaml"))
+        .expect("read");
     let deployment: Value = serde_yaml_ng::from_str(&deployment).expect("deployment.yaml");
     assert_eq!(
         deployment["spec"]["template"]["spec"]["containers"][0]["image"],
@@ -910,7 +931,10 @@ fn network_policy_allows_the_api_server_and_scrapes_only() {
         &helm,
         RELEASE,
         NS,
-        &["networkPolicy.enabled=true", "networkPolicy.apiServer.cidrs={10.0.0.10}"],
+        &[
+            "networkPolicy.enabled=true",
+            "networkPolicy.apiServer.cidrs={10.0.0.10}",
+        ],
     )
     .expect_err("a CIDR without a prefix length");
     assert!(err.contains("/networkPolicy/apiServer/cidrs/0"), "{err}");

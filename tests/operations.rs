@@ -807,6 +807,105 @@ async fn sigterm_drains_in_flight_requests_and_drops_none() {
         .contains("Unsupported value"));
 }
 
+/// One HTTP/1.1 request on `conn` (keep-alive); the status and the
+/// `connection` header of its answer.
+async fn keep_alive_request<S>(conn: &mut S, body: &str) -> (u16, Option<String>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let head = format!(
+        "POST /validate HTTP/1.1\r\nhost: webhook\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(body.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            conn.read(&mut byte).await.unwrap(),
+            1,
+            "closed before the answer: {buf:?}"
+        );
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8(buf).unwrap().to_ascii_lowercase();
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_owned))
+    };
+    let length: usize = header("content-length").unwrap().parse().unwrap();
+    let mut answer = vec![0u8; length];
+    conn.read_exact(&mut answer).await.unwrap();
+    let status = head[9..12].parse().unwrap();
+    (status, header("connection"))
+}
+
+/// From SIGTERM on, the server closes a connection only after telling the
+/// client so, since the API server retries no webhook call that fails on a
+/// closed connection: an idle HTTP/1.1 keep-alive connection stays open
+/// during the delay, and its next request is answered with `Connection:
+/// close` before the server closes it; an HTTP/2 connection's next request
+/// is answered, then GOAWAY sends the client elsewhere. Both long before the
+/// 60 s delay ends.
+#[tokio::test]
+async fn shutdown_closes_connections_only_after_telling_the_client() {
+    let mut p = Proc::spawn(&["--shutdown-delay", "60s"]);
+    p.server.wait_ready(Duration::from_secs(10)).await;
+    let (addr, ca) = (p.addr(), p.certs.ca_pem.clone());
+    let review = sample_review().to_string();
+    let mut h1 = raw_tls_alpn(addr, &ca, b"http/1.1").await;
+    assert_eq!(keep_alive_request(&mut h1, &review).await, (200, None));
+    let (h2, h2_conn) = h2::client::handshake(raw_tls_alpn(addr, &ca, b"h2").await)
+        .await
+        .unwrap();
+    let h2_conn = tokio::spawn(h2_conn);
+    let h2_request = |h2: h2::client::SendRequest<bytes::Bytes>| {
+        let review = review.clone();
+        async move {
+            let mut h2 = h2.ready().await?;
+            let req = hyper::Request::post("/validate")
+                .header("content-type", "application/json")
+                .body(())
+                .unwrap();
+            let (resp, mut send) = h2.send_request(req, false)?;
+            send.send_data(bytes::Bytes::from(review), true)?;
+            Ok::<_, h2::Error>(resp.await?.status().as_u16())
+        }
+    };
+    assert_eq!(h2_request(h2.clone()).await.unwrap(), 200);
+
+    p.server.signal(libc::SIGTERM);
+    wait_unready(&p.server.metrics_url("/readyz")).await;
+    // The idle keep-alive connection was not closed under the client: its
+    // next request is answered, and the answer says the connection closes.
+    assert_eq!(
+        keep_alive_request(&mut h1, &review).await,
+        (200, Some("close".to_owned()))
+    );
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), h1.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the server closes the HTTP/1.1 connection after that answer: {read:?}"
+    );
+    // HTTP/2: the next request is answered, then GOAWAY ends the connection.
+    assert_eq!(h2_request(h2.clone()).await.unwrap(), 200);
+    let ended = tokio::time::timeout(Duration::from_secs(20), h2_conn)
+        .await
+        .expect("GOAWAY closes the HTTP/2 connection during the delay")
+        .unwrap();
+    assert!(ended.is_ok(), "a graceful close: {ended:?}");
+    // New connections are still served during the delay.
+    let mut fresh = raw_tls_alpn(addr, &ca, b"http/1.1").await;
+    assert_eq!(
+        keep_alive_request(&mut fresh, &review).await,
+        (200, Some("close".to_owned()))
+    );
+    p.server.signal(libc::SIGTERM);
+    wait_exit(p.child(), Duration::from_secs(20)).expect("second signal exits at once");
+}
+
 #[tokio::test]
 async fn second_signal_exits_immediately() {
     let mut p = Proc::spawn(&["--shutdown-delay", "60s"]);
