@@ -2,8 +2,8 @@
 # Builds (or reuses) the real control plane for make e2e, from published Go
 # modules only: kube-apiserver and etcd at the releases pinned in
 # e2e/tools/go.mod (or K8S_VERSION), a kubectl within version skew, and the
-# e2e helper. Sourced by e2e/run.sh; sets KUBE_APISERVER, ETCD, KUBECTL,
-# E2EHELPER and K8S_VERSION.
+# e2e helpers. Sourced by e2e/run.sh; sets KUBE_APISERVER, ETCD, KUBECTL,
+# E2EHELPER, NOOPWEBHOOK and K8S_VERSION.
 #
 # Binaries are cached outside git, keyed by version:
 #   ${KRW_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubevirt-reboot-webhook}/k8s-vX.Y.Z/
@@ -83,11 +83,13 @@ if [ ${#targets[@]} -gt 0 ]; then
   (cd "$module_dir" && go build -trimpath -ldflags "$ldflags" -o "$bin_dir/" "${targets[@]}") >&2
   log "built in $((SECONDS - started)) s into $bin_dir"
 fi
-# The helper is ours and small: always rebuilt (Go's build cache makes that quick).
-(cd "$module_dir" && go build -trimpath -o "$bin_dir/" ./e2ehelper) >&2
+# The helpers are ours and small: always rebuilt (Go's build cache makes that
+# quick). noopwebhook is the latency scenario's no-op floor.
+(cd "$module_dir" && go build -trimpath -o "$bin_dir/" ./e2ehelper ./noopwebhook) >&2
 
 KUBE_APISERVER=$bin_dir/kube-apiserver
 ETCD=$bin_dir/etcd
 E2EHELPER=$bin_dir/e2ehelper
+NOOPWEBHOOK=$bin_dir/noopwebhook
 KUBECTL=${KUBECTL:-$bin_dir/kubectl}
-export K8S_VERSION KUBE_APISERVER ETCD E2EHELPER KUBECTL
+export K8S_VERSION KUBE_APISERVER ETCD E2EHELPER NOOPWEBHOOK KUBECTL
