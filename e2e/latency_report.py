@@ -189,9 +189,10 @@ if len(sys.argv) > 5:
 # MAX_RATIO x the floor beyond this run's noise.
 rng = random.Random(25)
 ds = []
+rounds_of = {a: per_round(a) for a in ARMS}
 for _ in range(2000):
     pick = [rng.randrange(rounds) for _ in range(rounds)]
-    mean = {a: statistics.fmean(per_round(a)[i] for i in pick) for a in ARMS}
+    mean = {a: statistics.fmean(rounds_of[a][i] for i in pick) for a in ARMS}
     ds.append(mean["ours"] - mean["none"] - max_ratio * (mean["floor"] - mean["none"]))
 ds.sort()
 lo, hi = ds[100], ds[1899]
