@@ -1,4 +1,4 @@
-//! glibc malloc, tuned for `serve`: each heap keeps 16 MiB free at its top
+//! glibc malloc, tuned for `serve`: each heap keeps 8 MiB free at its top
 //! instead of handing it back to the kernel after every large review.
 //!
 //! A review of a large object allocates and frees a few MiB (the body, the
@@ -9,10 +9,11 @@
 //! depends on where its long-lived allocations happened to land: for the
 //! 500 KB VMI, 11 to 214 page faults per review from one process to the
 //! next of the same binary, and 1.3 to 2.3 ms of CPU per review with them
-//! (bench/README.md, "Page faults"). With `glibc.malloc.top_pad` at 16 MiB
-//! it is 0 or 1 fault and the lowest of those costs, every time. Peak RSS
-//! is unchanged; after a burst RSS stays nearer its peak, by at most the
-//! pad for each heap.
+//! (bench/README.md, "Page faults"). With `glibc.malloc.top_pad` at 8 MiB
+//! it is 0 to 3 faults and about the lowest of those costs, every time.
+//! After a burst RSS stays nearer its peak, by at most the pad for each
+//! heap; 16 MiB (0 or 1 fault) raised the benchmark's peak RSS over its
+//! 40 MiB target.
 //!
 //! glibc reads its tunables from `GLIBC_TUNABLES` when a process starts
 //! (`mallopt` would take unsafe code, which this crate forbids), so `serve`
@@ -21,7 +22,7 @@
 //! glibc's default.
 
 /// The tunable `serve` adds to `GLIBC_TUNABLES`.
-pub const TOP_PAD: &str = "glibc.malloc.top_pad=16777216";
+pub const TOP_PAD: &str = "glibc.malloc.top_pad=8388608";
 
 /// Set on the executed image, so that it never executes itself again.
 const DONE: &str = "KUBEVIRT_REBOOT_WEBHOOK_MALLOC_TUNED";

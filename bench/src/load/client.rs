@@ -198,15 +198,19 @@ pub struct Run {
     pub p50_ns: u64,
     pub p99_ns: u64,
     pub rss_kib: u64,
+    /// The measured window, in seconds.
+    pub window_s: f64,
     /// Server CPU seconds (utime + stime) inside the window.
     pub cpu_s: f64,
     /// Server CPU per right answer completed inside the window, in µs: the
     /// primary measure (a shared machine's other load slows a server down
     /// but barely changes what each review costs it).
     pub cpu_us: f64,
-    /// CPU used by the load generator during the window, in cores.
+    /// CPU used by the load generator during the window, in cores (both
+    /// servers' loads: a pair is measured at once).
     pub client_cores: f64,
-    /// CPU used by every other process on the machine during the window, in cores.
+    /// CPU used by every other process on the machine during the window, in
+    /// cores (the pair's other server included).
     pub other_cores: f64,
     pub requests: u64,
     pub non_200: u64,
@@ -260,9 +264,17 @@ pub async fn measure(
         Proto::H1 => path,
         Proto::H2 => format!("https://localhost:{}{path}", server.addr.port()),
     };
+    // Large bodies queue for the body budget: at C=64 a review waits a few
+    // hundred ms, so the warm-up must outlast that and the window must hold
+    // many of them, or the window catches the queue filling, not its flow.
+    let (warmup, duration) = if case.payload.body.len() > 100_000 {
+        (o.warmup.max(Duration::from_secs(1)), o.duration * 2)
+    } else {
+        (o.warmup, o.duration)
+    };
     let start = Instant::now();
-    let warm_end = start + o.warmup;
-    let end = warm_end + o.duration;
+    let warm_end = start + warmup;
+    let end = warm_end + duration;
     let mut tasks = Vec::with_capacity(c);
     for (i, sender) in senders.into_iter().enumerate() {
         let uid = format!("00000000-0000-4000-8000-{:012}", i + 1);
@@ -308,13 +320,14 @@ pub async fn measure(
     let cpu_s = (cpu1.saturating_sub(cpu0)) as f64 / tck;
     let client_s = (client1.saturating_sub(client0)) as f64 / tck;
     let busy_s = (busy1.saturating_sub(busy0)) as f64 / tck;
-    let window = o.duration.as_secs_f64();
+    let window = duration.as_secs_f64();
     all.failures.truncate(5);
     Ok(Run {
         rps: n as f64 / window,
         p50_ns: pct(0.50),
         p99_ns: pct(0.99),
         rss_kib,
+        window_s: window,
         cpu_s,
         cpu_us: if n > 0 {
             cpu_s * 1e6 / n as f64

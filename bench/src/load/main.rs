@@ -2,8 +2,8 @@
 //! webhook's release binary against the floor server (`src/bin/floor.rs`).
 //!
 //! For every case (protocol and concurrency, × payload) the two servers run
-//! in `--rounds` pairs: back to back, alternating which goes first, each
-//! time as a fresh process: warm-up, then a fixed measuring window. The
+//! in `--rounds` pairs: both at once, each under its own copy of the load,
+//! each time as fresh processes: warm-up, then a fixed measuring window. The
 //! primary verdict is server CPU per answered review, judged on the median
 //! of the pairs' ratios; throughput, latency and RSS are reported beside it.
 //! The client runs on the same machine, nothing is pinned.
@@ -99,28 +99,28 @@ fn main() -> anyhow::Result<()> {
             )?));
             let (mut ours, mut floor) = (Vec::new(), Vec::new());
             for round in 0..o.rounds {
-                // A pair: both servers back to back, the order alternating,
-                // so drifting machine noise falls on both sides.
-                let order = if round % 2 == 0 {
-                    [Which::Ours, Which::Floor]
-                } else {
-                    [Which::Floor, Which::Ours]
-                };
-                for which in order {
-                    let server = start(which, &o)?;
-                    let r = rt
-                        .block_on(measure(&server, &case, &o, &tls, tck))
-                        .with_context(|| {
-                            format!(
-                                "{} {} C={concurrency} {}",
-                                which.name(),
-                                proto.name(),
-                                payload.name
-                            )
-                        })?;
-                    drop(server);
+                // A pair: both servers at once, each under its own half of
+                // the load, so whatever else the machine does in that window
+                // falls on both alike.
+                let servers = [start(Which::Ours, &o)?, start(Which::Floor, &o)?];
+                let (a, b) = rt.block_on(async {
+                    tokio::join!(
+                        measure(&servers[0], &case, &o, &tls, tck),
+                        measure(&servers[1], &case, &o, &tls, tck)
+                    )
+                });
+                drop(servers);
+                for (which, r) in [(Which::Ours, a), (Which::Floor, b)] {
+                    let r = r.with_context(|| {
+                        format!(
+                            "{} {} C={concurrency} {}",
+                            which.name(),
+                            proto.name(),
+                            payload.name
+                        )
+                    })?;
                     eprintln!(
-                        "[{:>4.0}s] {} C={:<3} {:<9} {:<5} round {}: {:>7.1} µs/review  {:>7.0} req/s  p50 {:>8}  p99 {:>8}  RSS {:>5.1} MiB  server {:.2} client {:.2} other {:.2} cores{}",
+                        "[{:>4.0}s] {} C={:<3} {:<9} {:<5} round {}: {:>7.1} µs/review  {:>7.0} req/s  p50 {:>8}  p99 {:>8}  RSS {:>5.1} MiB  server {:.2} cores{}",
                         began.elapsed().as_secs_f64(),
                         proto.name(),
                         concurrency,
@@ -132,9 +132,7 @@ fn main() -> anyhow::Result<()> {
                         fmt_ns(r.p50_ns as f64),
                         fmt_ns(r.p99_ns as f64),
                         mib(r.rss_kib),
-                        r.cpu_s / o.duration.as_secs_f64(),
-                        r.client_cores,
-                        r.other_cores,
+                        r.cpu_s / r.window_s,
                         if r.failures.is_empty() { String::new() } else { format!("  FAILURES: {:?}", r.failures) }
                     );
                     match which {
