@@ -4,6 +4,7 @@
 //! already set alone.
 
 #![cfg(all(target_os = "linux", target_env = "gnu"))]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
