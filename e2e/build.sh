@@ -3,10 +3,11 @@
 # modules only: kube-apiserver and etcd at the releases pinned in
 # e2e/tools/go.mod (or K8S_VERSION), the node's kubelet, kube-proxy,
 # kube-controller-manager and kube-scheduler from the same module, a kubectl
-# within version skew, the node's pause image, and the e2e helper. Sourced
-# by e2e/run.sh; sets KUBE_APISERVER, KUBE_CONTROLLER_MANAGER,
-# KUBE_SCHEDULER, KUBELET, KUBE_PROXY, ETCD, KUBECTL, E2EHELPER,
-# PAUSE_IMAGE, PAUSE_ARCHIVE and K8S_VERSION.
+# within version skew, the node's pause image, the e2e helper and the
+# latency scenario's no-op webhook image. Sourced by e2e/run.sh; sets
+# KUBE_APISERVER, KUBE_CONTROLLER_MANAGER, KUBE_SCHEDULER, KUBELET,
+# KUBE_PROXY, ETCD, KUBECTL, E2EHELPER, PAUSE_IMAGE, PAUSE_ARCHIVE,
+# NOOP_IMAGE, NOOP_ARCHIVE and K8S_VERSION.
 #
 # Binaries are cached outside git, keyed by version:
 #   ${KRW_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubevirt-reboot-webhook}/k8s-vX.Y.Z/
@@ -96,6 +97,14 @@ fi
 helper_dir=${CARGO_TARGET_DIR:-$e2e_tools/../../target}/e2e
 mkdir -p "$helper_dir"
 (cd "$module_dir" && go build -trimpath -o "$helper_dir/" ./e2ehelper) >&2
+# The latency scenario's no-op floor (tools/noopwebhook), static, in an
+# image like ours, so that it runs as Pods where ours runs.
+(cd "$module_dir" && CGO_ENABLED=0 go build -trimpath -o "$helper_dir/" ./noopwebhook) >&2
+NOOP_IMAGE=kubevirt-reboot-webhook-noop:e2e
+NOOP_ARCHIVE=$helper_dir/noopwebhook.oci.tar
+if [ ! -s "$NOOP_ARCHIVE" ] || [ "$helper_dir/noopwebhook" -nt "$NOOP_ARCHIVE" ]; then
+  IMAGE_DEBS= bash "$e2e_tools/../../image/build.sh" "$helper_dir/noopwebhook" "$NOOP_ARCHIVE" "$NOOP_IMAGE" 2>/dev/null
+fi
 
 # The node's sandbox ("pause") image, since no registry is reachable: the
 # pause program from the same k8s.io/kubernetes module (build/pause), built
@@ -116,6 +125,7 @@ KUBELET=$bin_dir/kubelet
 KUBE_PROXY=$bin_dir/kube-proxy
 ETCD=$bin_dir/etcd
 E2EHELPER=$(cd "$helper_dir" && pwd)/e2ehelper
+NOOP_ARCHIVE=$(cd "$helper_dir" && pwd)/noopwebhook.oci.tar
 KUBECTL=${KUBECTL:-$bin_dir/kubectl}
 export K8S_VERSION KUBE_APISERVER KUBE_CONTROLLER_MANAGER KUBE_SCHEDULER KUBELET KUBE_PROXY ETCD E2EHELPER KUBECTL \
-  PAUSE_IMAGE PAUSE_ARCHIVE
+  PAUSE_IMAGE PAUSE_ARCHIVE NOOP_IMAGE NOOP_ARCHIVE

@@ -215,7 +215,7 @@ start_node() {
   node_mounts
   node_cgroups
   start_containerd
-  node_images "$PAUSE_ARCHIVE" "$IMAGE_ARCHIVE"
+  node_images "$PAUSE_ARCHIVE" "$IMAGE_ARCHIVE" "$NOOP_ARCHIVE"
   node_rbac
   start_controllers
   start_kube_proxy

@@ -115,7 +115,9 @@ node_pki
 # The webhook's serving certificate, for its Service name, from its own CA.
 pki_ca "$P" webhook-ca "kubevirt-reboot-webhook e2e CA"
 WH_SVC=kubevirt-reboot-webhook.kubevirt-reboot-webhook.svc
-pki_cert "$P" webhook-serving webhook-ca "/CN=$WH_SVC" "DNS:$WH_SVC,DNS:$WH_SVC.cluster.local" serverAuth
+# Also the name of the latency scenario's floor Service, whose Pods mount the same Secret.
+WH_SANS="DNS:$WH_SVC,DNS:$WH_SVC.cluster.local,DNS:kubevirt-reboot-webhook-noop.kubevirt-reboot-webhook.svc"
+pki_cert "$P" webhook-serving webhook-ca "/CN=$WH_SVC" "$WH_SANS" serverAuth
 # The client certificate kube-apiserver presents to webhooks (mTLS scenario).
 pki_ca "$P" webhook-client-ca "kube-apiserver webhook client CA"
 pki_cert "$P" apiserver-webhook-client webhook-client-ca "/CN=kube-apiserver-webhook-client" "" clientAuth

@@ -125,6 +125,24 @@ for p in json.load(sys.stdin)["items"]:
   done
 }
 
+# webhook_metrics_sum: the webhook's /metrics summed over its ready Pods,
+# one "series value" line per series.
+webhook_metrics_sum() {
+  local ip
+  for ip in $(webhook_pod_ips); do curl -fsS --max-time 5 "http://$ip:8080/metrics"; done | python3 -c '
+import sys
+sums = {}
+for line in sys.stdin:
+    series, _, value = line.strip().rpartition(" ")
+    if series and not line.startswith("#"):
+        try:
+            sums[series] = sums.get(series, 0.0) + float(value)
+        except ValueError:
+            pass
+for series, value in sums.items():
+    print(f"{series} {value:g}")'
+}
+
 # cgroup_file PID CONTROLLER FILE: a file of the process's cgroup (v1).
 cgroup_file() {
   echo "/sys/fs/cgroup/$2$(awk -F: -v c="$2" '$2 == c { print $3 }' "/proc/$1/cgroup")/$3"

@@ -5,9 +5,11 @@
 //! [`feature_gate`] and [`cluster::kubevirt_gate`], VM owner lookup in
 //! [`owners`] and [`cluster::vm_cache`], HTTP and TLS in [`server`] and
 //! [`tls`], the `serve` command's set-up in [`startup`], the offline command
-//! in [`check`] (manifests read by [`object_files`]).
+//! in [`check`] (manifests read by [`object_files`]); glibc malloc's tuning
+//! for `serve` in [`allocator`].
 
 pub mod admission;
+pub mod allocator;
 pub mod certs;
 pub mod check;
 pub mod cli;
