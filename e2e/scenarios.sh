@@ -710,8 +710,12 @@ image, old, new = sys.argv[1], "kubevirt-reboot-webhook", "kubevirt-reboot-webho
 def rename(labels):
     if labels and labels.get("app.kubernetes.io/name") == old:
         labels["app.kubernetes.io/name"] = new
+text, objs, at, decoder = sys.stdin.read(), [], 0, json.JSONDecoder()
+while text[at:].strip():   # one JSON object per rendered document
+    o, at = decoder.raw_decode(text, at + len(text[at:]) - len(text[at:].lstrip()))
+    objs.extend(o["items"] if o.get("kind") == "List" else [o])
 items = []
-for o in json.load(sys.stdin)["items"]:
+for o in objs:
     if o["kind"] not in ("Deployment", "Service"):
         continue
     o["metadata"]["name"] = new
