@@ -5,7 +5,8 @@
 //! [`feature_gate`] and [`cluster::kubevirt_gate`], VM owner lookup in
 //! [`owners`] and [`cluster::vm_cache`], HTTP and TLS in [`server`] and
 //! [`tls`], the `serve` command's set-up in [`startup`], the offline command
-//! in [`check`] (manifests read by [`object_files`]).
+//! in [`check`] (manifests read by [`object_files`]), the flags in [`cli`]
+//! and the parsers of their values in [`values`] (a leaf).
 
 pub mod admission;
 pub mod certs;
@@ -20,4 +21,5 @@ pub mod owners;
 pub mod server;
 pub mod startup;
 pub mod tls;
+pub mod values;
 pub mod webhook;

@@ -46,7 +46,7 @@ pub struct Shutdown {
         value_name = "SHUTDOWN_DELAY",
         env = "REBOOT_WEBHOOK_SHUTDOWN_DELAY",
         default_value = "5s",
-        value_parser = crate::cli::duration
+        value_parser = crate::values::duration
     )]
     pub delay: Duration,
     /// Longest wait for in-flight requests after the delay.
@@ -55,7 +55,7 @@ pub struct Shutdown {
         value_name = "DRAIN_TIMEOUT",
         env = "REBOOT_WEBHOOK_DRAIN_TIMEOUT",
         default_value = "25s",
-        value_parser = crate::cli::duration
+        value_parser = crate::values::duration
     )]
     pub drain: Duration,
 }
