@@ -12,6 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -107,15 +108,18 @@ pub async fn serve_tls(
 
 /// One connection: the TLS handshake within `--header-read-timeout`, then
 /// HTTP/1.1 or HTTP/2 by ALPN until either side closes; then the lingering
-/// close when an answer left a request body unread.
-async fn serve_connection(
-    tcp: TcpStream,
+/// close when an answer left a request body unread. (A TCP stream in the
+/// server; any stream in tests.)
+pub(super) async fn serve_connection<S>(
+    tcp: S,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     app: Router,
     state: &AppState,
     watcher: Watcher,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let stream =
         match tokio::time::timeout(state.limits.header_read_timeout, acceptor.accept(tcp)).await {
             Ok(Ok(s)) => s,
@@ -162,7 +166,7 @@ async fn serve_connection(
 }
 
 /// The HTTP/1.1 and HTTP/2 settings of every connection.
-fn http(limits: &Limits) -> auto::Builder<TokioExecutor> {
+pub(super) fn http(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
