@@ -644,6 +644,8 @@ struct Proc {
     server: Spawned,
     certs: Certs,
     stderr: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Reads stderr into `stderr` until the process closes it.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -665,7 +667,7 @@ impl Proc {
         let stderr = Arc::new(std::sync::Mutex::new(Vec::new()));
         let lines = stderr.clone();
         let pipe = server.child.stderr.take().unwrap();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for l in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
                 lines.lock().unwrap().push(l);
             }
@@ -674,6 +676,7 @@ impl Proc {
             server,
             certs,
             stderr,
+            reader: Some(reader),
         }
     }
 
@@ -705,6 +708,19 @@ impl Proc {
             lines.iter().any(|l| l.contains("bad admission request"))
         })
         .await;
+    }
+
+    /// Every log line of a process that has exited: read to the end of
+    /// its stderr first, not just as far as the reader thread has got.
+    fn all_logs(&mut self) -> Vec<Value> {
+        assert!(
+            self.child().try_wait().unwrap().is_some(),
+            "all_logs before the process exited"
+        );
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+        self.logs()
     }
 
     fn logs(&self) -> Vec<Value> {
@@ -788,7 +804,7 @@ async fn sigterm_drains_in_flight_requests_and_drops_none() {
     let status = wait_exit(p.child(), Duration::from_secs(10)).expect("exits after draining");
     assert!(status.success(), "{status:?}");
     // Structured logs: the denial was logged at info with uid, kind, object and user.
-    let logs = p.logs();
+    let logs = p.all_logs();
     let denial = logs
         .iter()
         .find(|l| l["message"] == "denied" && l["uid"] == "slow-0")
