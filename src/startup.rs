@@ -8,8 +8,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
-use crate::admission::{Policy, Trusted};
-use crate::cli::{DecisionArgs, LogFormat, ServeArgs};
+use crate::cli::{LogFormat, ServeArgs};
 use crate::cluster;
 use crate::feature_gate::{self, GateFlag, GateSource};
 use crate::health::Readiness;
@@ -79,20 +78,6 @@ async fn wait_for_signal() {
         }
         _ => {
             let _ = tokio::signal::ctrl_c().await;
-        }
-    }
-}
-
-impl DecisionArgs {
-    pub fn policy(&self, mode: crate::admission::Mode) -> Policy {
-        Policy {
-            trusted: Trusted::new(
-                &self.kubevirt_namespace,
-                &self.trusted_users,
-                &self.trusted_groups,
-            ),
-            mode,
-            bootonce: self.bootonce,
         }
     }
 }

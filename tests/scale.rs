@@ -14,6 +14,10 @@
 //! the cache), on a cache that does not hold N VMs, and on any missed
 //! timing or memory target (each printed as PASS/FAIL first).
 //!
+//! `watches_recover_promptly_after_an_outage` holds the reconnect delays to
+//! their targets: list calls during a 10 s outage, and how soon both
+//! watches are live again after it.
+//!
 //! `vm_cache_small_instance` runs the same path on 2,000 VMs (with a forced
 //! relist) inside `make test`, so CI exercises it: it asserts the verdicts,
 //! the cache and the relist, not the timing targets (a debug build on a
@@ -442,6 +446,122 @@ async fn vm_cache_at_scale() {
         checks.len(),
         top.n
     );
+}
+
+/// The reconnect delays are short: a timing target, so measured here and
+/// not in `cargo test` (tests/cluster.rs holds, on any machine, that they
+/// grow). The release binary in cluster mode against the fake API with 100
+/// VMs; the lists of both watches (VirtualMachines, KubeVirt) fail with 500
+/// for 10 s, then succeed again. Targets: at least 4 and at most 12 list
+/// calls per watch during the outage (the short backoff, 0.2 s doubling to
+/// a cap of 1.5 s plus 0-100 % jitter, makes a fourth by 5.8 s and a fifth
+/// by 8.8 s; kube-runtime's default, 0.8 s doubling to 30 s, at most 3; a
+/// retry every 0.2-0.4 s about 25), and both watches live again (stale
+/// gauges 0, owners from the cache) within 5 s of the lists succeeding
+/// (the longest delay, 3 s, plus a relist).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: make bench-scale"]
+async fn watches_recover_promptly_after_an_outage() {
+    const OUTAGE: Duration = Duration::from_secs(10);
+    let fake = FakeApi::start().await;
+    fake.load(
+        Res::Vm,
+        (0..100).map(|i| realistic_vm(&namespace(i), &name(i), &uid(i), strategy(i))),
+    );
+    fake.apply(
+        Res::KubeVirt,
+        kubevirt_cr("kubevirt", &["RecreateVMIOnReboot"], &[], Some("v1.9.0")),
+    );
+    let certs = Certs::new();
+    let kubeconfig = fake.kubeconfig();
+    let log = certs.dir.path().join("server.log");
+    let mut cmd = serve_command(&certs);
+    cmd.arg("--kubeconfig")
+        .arg(kubeconfig.path())
+        .args(["--shutdown-delay", "0s"])
+        .env("RUST_LOG", "warn,kubevirt_reboot_webhook::cluster=info");
+    let mut server = Spawned::start_logged(&mut cmd, Duration::from_secs(60), &log);
+    server.wait_ready(Duration::from_secs(60)).await;
+    let watches = [Res::Vm, Res::KubeVirt];
+    for r in watches {
+        fake.wait_watches(r, 1, Duration::from_secs(60)).await;
+    }
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let metrics = format!("http://{}", server.metrics_addr);
+    let stale = |name: &'static str| {
+        let (http, metrics) = (&http, &metrics);
+        async move {
+            metric(http, metrics, &format!("kubevirt_reboot_webhook_{name}"))
+                .await
+                .unwrap_or(f64::NAN)
+        }
+    };
+
+    let lists = |r: Res| fake.count(Some(Verb::List), Some(r));
+    let before = watches.map(lists);
+    for r in watches {
+        fake.fail_lists(r, Some(500));
+        fake.expire_watches(r);
+    }
+    tokio::time::sleep(OUTAGE).await;
+    let during = [lists(Res::Vm) - before[0], lists(Res::KubeVirt) - before[1]];
+    let stale_during = [
+        stale("vm_cache_stale").await,
+        stale("feature_gate_stale").await,
+    ];
+    for r in watches {
+        fake.fail_lists(r, None);
+    }
+    let up = Instant::now();
+    loop {
+        let live = watches.iter().all(|r| fake.open_watches(*r) >= 1)
+            && stale("vm_cache_stale").await == 0.0
+            && stale("feature_gate_stale").await == 0.0;
+        if live {
+            break;
+        }
+        assert!(
+            up.elapsed() < Duration::from_secs(120),
+            "the watches did not come back:\n{}",
+            server.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let recovered = up.elapsed();
+
+    println!();
+    println!(
+        "outage of {OUTAGE:?} (every list answered 500): list calls VirtualMachines {}, KubeVirt {}; \
+         stale gauges during it {stale_during:?}; both watches live again {} after lists succeed",
+        during[0],
+        during[1],
+        ms(recovered)
+    );
+    let checks = [
+        (
+            format!(
+                "list calls per watch during the outage {} and {} within 4..=12",
+                during[0], during[1]
+            ),
+            during.iter().all(|n| (4..=12).contains(n)),
+        ),
+        (
+            "both stale gauges 1 during the outage".to_owned(),
+            stale_during == [1.0, 1.0],
+        ),
+        (
+            format!("live again in {} < 5 s", ms(recovered)),
+            recovered < Duration::from_secs(5),
+        ),
+    ];
+    for (what, ok) in &checks {
+        println!("  {} {what}", verdict(*ok));
+    }
+    let missed: Vec<&String> = checks.iter().filter(|c| !c.1).map(|c| &c.0).collect();
+    assert!(missed.is_empty(), "targets missed: {missed:#?}");
 }
 
 /// `make test`'s instance of the scale path: 2,000 VMs in the fake API

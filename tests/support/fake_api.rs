@@ -103,6 +103,9 @@ pub struct Seen {
     pub path: String,
     pub query: String,
     pub status: u16,
+    /// When it arrived: the gaps between a client's retries are at least
+    /// its delays, however loaded the machine.
+    pub at: std::time::Instant,
 }
 
 /// How the fake answers while it is "down".
@@ -754,6 +757,7 @@ fn record(inner: &Inner, verb: Verb, res: Option<Res>, path: &str, query: &str, 
         path: path.to_owned(),
         query: query.to_owned(),
         status,
+        at: std::time::Instant::now(),
     });
 }
 
