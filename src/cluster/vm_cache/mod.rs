@@ -25,15 +25,15 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::future::BoxFuture;
-use futures::StreamExt;
-use kube::runtime::watcher::{self, Event};
+use kube::runtime::watcher::Event;
 use kube::Api;
+use prometheus_client::metrics::gauge::Gauge;
 
 mod lean;
 
 pub use lean::{LeanSpec, LeanVm};
 
-use super::Reconnect;
+use super::watch::{self, Watched};
 use crate::admission::{RunStrategy, VmInfo};
 use crate::metrics::{CacheLabels, Metrics};
 use crate::owners::{LookupError, VmSource};
@@ -85,91 +85,30 @@ impl VmCache {
             stale_watches: AtomicUsize::new(scopes.len()),
             stale_since: Mutex::new(vec![Some(now); scopes.len()]),
         });
-        let pending = Arc::new(std::sync::atomic::AtomicUsize::new(scopes.len()));
+        let pending = Arc::new(AtomicUsize::new(scopes.len()));
+        let synced_gauge = (cache.metrics.cache_synced)
+            .get_or_create(&CacheLabels {
+                cache: "virtualmachines",
+            })
+            .clone();
         for (index, scope) in scopes.into_iter().enumerate() {
             let api: Api<LeanVm> = match &scope {
                 Some(ns) => Api::namespaced(client.clone(), ns),
                 None => Api::all(client.clone()),
             };
-            let cache = cache.clone();
-            let ready = ready.clone();
-            let pending = pending.clone();
-            tokio::spawn(async move { cache.run_watch(api, index, scope, ready, pending).await });
+            let scope = ScopeWatch {
+                cache: cache.clone(),
+                index,
+                scope,
+                generation: 0,
+                synced: false,
+                ready: ready.clone(),
+                pending: pending.clone(),
+                synced_gauge: synced_gauge.clone(),
+            };
+            tokio::spawn(watch::run(api, scope));
         }
         cache
-    }
-
-    async fn run_watch(
-        self: Arc<Self>,
-        api: Api<LeanVm>,
-        index: usize,
-        scope: Option<String>,
-        ready: Arc<AtomicBool>,
-        pending: Arc<AtomicUsize>,
-    ) {
-        let mut generation = 0u32;
-        let mut synced = false;
-        let mut last_error = String::new();
-        let mut reconnect = Reconnect::default();
-        let synced_gauge = self
-            .metrics
-            .cache_synced
-            .get_or_create(&CacheLabels {
-                cache: "virtualmachines",
-            })
-            .clone();
-        loop {
-            // No backoff inside: the first error ends this watcher.
-            let mut stream =
-                std::pin::pin!(watcher::watcher(api.clone(), watcher::Config::default()));
-            let error = loop {
-                let Some(event) = stream.next().await else {
-                    break "the watch stream ended".to_owned();
-                };
-                match event {
-                    Ok(Event::Init) => {
-                        generation = generation.wrapping_add(1);
-                        tracing::debug!(scope = ?scope, generation, "VirtualMachine list started");
-                    }
-                    Ok(Event::InitApply(vm) | Event::Apply(vm)) => {
-                        if self.upsert(&vm, generation) {
-                            self.metrics.vm_cache_objects.inc();
-                        }
-                    }
-                    Ok(Event::InitDone) => {
-                        let swept = self.sweep(scope.as_deref(), generation);
-                        let count = self.len();
-                        self.metrics.vm_cache_objects.set(count as i64);
-                        let stale_for = self.live(index);
-                        if synced {
-                            tracing::info!(scope = ?scope, count, swept, stale_for = ?stale_for.unwrap_or_default(), "VirtualMachine cache live again; owners come from the cache");
-                        } else {
-                            tracing::info!(scope = ?scope, count, swept, "VirtualMachine cache synced");
-                            synced = true;
-                            if pending.fetch_sub(1, Ordering::SeqCst) == 1 {
-                                ready.store(true, Ordering::SeqCst);
-                                synced_gauge.set(1);
-                            }
-                        }
-                        reconnect.live();
-                        last_error.clear();
-                    }
-                    Ok(Event::Delete(vm)) => {
-                        if self.remove(&vm) {
-                            self.metrics.vm_cache_objects.dec();
-                        }
-                    }
-                    Err(e) => break e.to_string(),
-                }
-            };
-            if self.stale(index) {
-                tracing::warn!(error = %error, scope = ?scope, "VirtualMachine cache is stale: watching failed; VMI CREATEs read their owner from the API until the watch is live again");
-            } else if error != last_error {
-                tracing::warn!(error = %error, scope = ?scope, "watching VirtualMachines still fails; retrying");
-            }
-            last_error = error;
-            tokio::time::sleep(reconnect.next_delay()).await;
-        }
     }
 
     /// Marks the watch of scope `index` not live; true if it was live.
@@ -278,17 +217,13 @@ impl VmCache {
     }
 
     /// Number of cached VMs.
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.store
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .values()
             .map(HashMap::len)
             .sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// The cached VM, if any: one hash lookup per level, no API request.
@@ -300,6 +235,72 @@ impl VmCache {
             run_strategy: e.run_strategy,
             annotated: e.annotated,
         })
+    }
+}
+
+/// The watch of one scope (all namespaces, or one): keeps the cache's
+/// entries of that scope and says when the cache is live or stale.
+struct ScopeWatch {
+    cache: Arc<VmCache>,
+    index: usize,
+    scope: Option<String>,
+    /// The current list's generation (see the module docs).
+    generation: u32,
+    /// The first list completed.
+    synced: bool,
+    ready: Arc<AtomicBool>,
+    /// Scopes whose first list has not completed yet.
+    pending: Arc<AtomicUsize>,
+    synced_gauge: Gauge,
+}
+
+impl Watched for ScopeWatch {
+    type Object = LeanVm;
+
+    fn event(&mut self, event: Event<LeanVm>) {
+        let cache = &self.cache;
+        let scope = &self.scope;
+        match event {
+            Event::Init => {
+                self.generation = self.generation.wrapping_add(1);
+                tracing::debug!(scope = ?scope, generation = self.generation, "VirtualMachine list started");
+            }
+            Event::InitApply(vm) | Event::Apply(vm) => {
+                if cache.upsert(&vm, self.generation) {
+                    cache.metrics.vm_cache_objects.inc();
+                }
+            }
+            Event::InitDone => {
+                let swept = cache.sweep(scope.as_deref(), self.generation);
+                let count = cache.len();
+                cache.metrics.vm_cache_objects.set(count as i64);
+                let stale_for = cache.live(self.index);
+                if self.synced {
+                    tracing::info!(scope = ?scope, count, swept, stale_for = ?stale_for.unwrap_or_default(), "VirtualMachine cache live again; owners come from the cache");
+                } else {
+                    tracing::info!(scope = ?scope, count, swept, "VirtualMachine cache synced");
+                    self.synced = true;
+                    if self.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
+                        self.ready.store(true, Ordering::SeqCst);
+                        self.synced_gauge.set(1);
+                    }
+                }
+            }
+            Event::Delete(vm) => {
+                if cache.remove(&vm) {
+                    cache.metrics.vm_cache_objects.dec();
+                }
+            }
+        }
+    }
+
+    fn failed(&mut self, error: &str, repeated: bool) {
+        let scope = &self.scope;
+        if self.cache.stale(self.index) {
+            tracing::warn!(error = %error, scope = ?scope, "VirtualMachine cache is stale: watching failed; VMI CREATEs read their owner from the API until the watch is live again");
+        } else if !repeated {
+            tracing::warn!(error = %error, scope = ?scope, "watching VirtualMachines still fails; retrying");
+        }
     }
 }
 
