@@ -56,10 +56,11 @@ pub fn spawn(
     flag
 }
 
-/// Whether the gate is on by this KubeVirt resource.
+/// Whether the gate is on by this KubeVirt resource. Its spec and status
+/// are in `data` as the API sent them: read there, not re-serialized.
 fn gate_of(o: &DynamicObject) -> (String, bool) {
     let name = o.metadata.name.clone().unwrap_or_default();
-    (name, serde_json::to_value(o).is_ok_and(|v| from_kubevirt(&v)))
+    (name, from_kubevirt(&o.data))
 }
 
 /// The gate from the KubeVirt resources of one namespace (any of them
@@ -152,6 +153,35 @@ impl Watched for GateWatch {
         self.metrics.gate_stale.set(1);
         if !repeated {
             tracing::warn!(error = %error, namespace = %self.namespace, "watching KubeVirt resources failed; retrying with backoff, keeping the last known gate state");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The gate is read from the decoded object's `data` (spec and status)
+    /// with the same precedence as `feature_gate::from_kubevirt`.
+    #[test]
+    fn gate_of_reads_spec_and_status_as_decoded() {
+        let decode = |v: serde_json::Value| serde_json::from_value::<DynamicObject>(v).unwrap();
+        let kv = |enabled: &[&str], disabled: &[&str], version: &str| {
+            decode(serde_json::json!({
+                "apiVersion": "kubevirt.io/v1", "kind": "KubeVirt",
+                "metadata": {"name": "kubevirt", "namespace": "kubevirt"},
+                "spec": {"configuration": {"developerConfiguration": {
+                    "featureGates": enabled, "disabledFeatureGates": disabled}}},
+                "status": {"observedKubeVirtVersion": version}
+            }))
+        };
+        for (o, want) in [
+            (kv(&["RecreateVMIOnReboot"], &[], "v1.8.0"), true),
+            (kv(&[], &["RebootPolicy"], "v1.9.0"), false),
+            (kv(&[], &[], "v1.9.0"), true),
+            (kv(&[], &[], "v1.8.4"), false),
+        ] {
+            assert_eq!(gate_of(&o), ("kubevirt".to_owned(), want), "{o:?}");
         }
     }
 }
