@@ -8,7 +8,7 @@ use std::path::Path;
 
 use futures::future::BoxFuture;
 
-use crate::admission::{Owner, OwnerRef, VmInfo};
+use crate::admission::{is_kubevirt_vm, Owner, OwnerRef, VmInfo};
 use crate::object_files;
 
 /// Why a VM could not be read. The message reaches the user ("retry").
@@ -71,11 +71,7 @@ impl StaticVms {
 
     /// Adds the object if it is a KubeVirt VirtualMachine.
     pub fn insert(&mut self, obj: &serde_json::Value) {
-        let is_vm = obj.get("kind").and_then(|k| k.as_str()) == Some("VirtualMachine")
-            && obj
-                .get("apiVersion")
-                .and_then(|v| v.as_str())
-                .is_some_and(|v| v.starts_with("kubevirt.io/"));
+        let is_vm = is_kubevirt_vm(obj);
         let meta = obj.get("metadata");
         let field = |k: &str| meta.and_then(|m| m.get(k)).and_then(|v| v.as_str());
         if let (true, Some(name)) = (is_vm, field("name")) {
@@ -85,12 +81,9 @@ impl StaticVms {
         }
     }
 
-    pub fn len(&self) -> usize {
+    /// How many VirtualMachines were read.
+    pub(crate) fn len(&self) -> usize {
         self.vms.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.vms.is_empty()
     }
 }
 

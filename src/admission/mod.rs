@@ -17,7 +17,7 @@ pub mod review;
 mod validate;
 
 pub use facts::{bootonce_form, BootOnceForm, RunStrategy, VmInfo};
-pub use kinds::{Kind, Layout};
+pub use kinds::{is_kubevirt_vm, Kind, Layout};
 pub use review::{AdmissionRequest, DecodeError, Operation};
 
 use std::collections::{BTreeMap, HashSet};
