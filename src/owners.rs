@@ -1,7 +1,10 @@
 //! Where the mutating webhook finds a VMI's owner VirtualMachine.
 //!
 //! The decisions only see [`Owner`]; sources return the lean [`VmInfo`] and
-//! [`resolve`] applies the uid check the same way for all of them.
+//! [`resolve`] applies the uid check the same way for all of them. A source
+//! that answers from a cache checks the reference itself first (the uid,
+//! and the VMI's `kubevirt.io/vm-generation`) and reads the API when the
+//! cache is behind: see `cluster::vm_cache`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,19 +19,17 @@ use crate::object_files;
 #[error("{0}")]
 pub struct LookupError(pub String);
 
-/// A source of VirtualMachines, looked up by namespace and name.
+/// A source of VirtualMachines, looked up by an owner reference.
 pub trait VmSource: Send + Sync {
-    /// `Ok(None)`: no such VM. `Err`: unknown (API unreachable and not cached).
-    fn get<'a>(
-        &'a self,
-        namespace: &'a str,
-        name: &'a str,
-    ) -> BoxFuture<'a, Result<Option<VmInfo>, LookupError>>;
+    /// The VM under the reference's namespace and name. `Ok(None)`: no such
+    /// VM. `Err`: unknown (API unreachable and not cached).
+    fn get<'a>(&'a self, owner: &'a OwnerRef)
+        -> BoxFuture<'a, Result<Option<VmInfo>, LookupError>>;
 }
 
 /// Resolves a VMI's owner reference through `source`, checking the uid.
 pub async fn resolve(source: &dyn VmSource, owner: &OwnerRef) -> Owner {
-    match source.get(&owner.namespace, &owner.name).await {
+    match source.get(owner).await {
         Ok(Some(vm)) => {
             let uid_matches = match (&vm.uid, &owner.uid) {
                 (Some(have), Some(want)) => have == want,
@@ -38,10 +39,10 @@ pub async fn resolve(source: &dyn VmSource, owner: &OwnerRef) -> Owner {
             if uid_matches {
                 Owner::Found(vm)
             } else {
-                Owner::Gone
+                Owner::NotFound
             }
         }
-        Ok(None) => Owner::Gone,
+        Ok(None) => Owner::NotFound,
         Err(e) => Owner::Unavailable(e.0),
     }
 }
@@ -88,14 +89,14 @@ impl StaticVms {
 }
 
 impl VmSource for StaticVms {
+    /// Files have no watch to lag behind: the reference's generation is not checked.
     fn get<'a>(
         &'a self,
-        namespace: &'a str,
-        name: &'a str,
+        owner: &'a OwnerRef,
     ) -> BoxFuture<'a, Result<Option<VmInfo>, LookupError>> {
         let found = self
             .vms
-            .get(&(namespace.to_owned(), name.to_owned()))
+            .get(&(owner.namespace.clone(), owner.name.clone()))
             .cloned();
         Box::pin(std::future::ready(Ok(found)))
     }

@@ -160,6 +160,7 @@ pub async fn start(
             args.watch_namespaces.clone(),
             metrics.clone(),
             readiness.part("virtualmachine cache"),
+            !args.e2e_skip_owner_fence,
         ),
         (None, None) => unreachable!("client is built when VMs need the cluster"),
     };

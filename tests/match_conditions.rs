@@ -83,7 +83,7 @@ fn owners(endpoint: Endpoint, req: &AdmissionRequest, policy: &Policy) -> Vec<Ow
         found(RunStrategy::Once, false),
         found(RunStrategy::Other, false),
         found(RunStrategy::Other, true),
-        Owner::Gone,
+        Owner::NotFound,
         Owner::Unavailable("connection refused".into()),
     ]
 }

@@ -81,7 +81,7 @@ fn any_vmi() -> impl Strategy<Value = Value> {
 fn any_owner() -> impl Strategy<Value = Owner> {
     prop_oneof![
         Just(Owner::None),
-        Just(Owner::Gone),
+        Just(Owner::NotFound),
         Just(Owner::Unavailable("connection refused".into())),
         (
             prop_oneof![
@@ -170,7 +170,7 @@ fn expected_mutation(vmi: &Value, owner: &Owner, bootonce: BootOnceMode) -> Opti
         .and_then(|a| a.get(BOOTONCE_ANNOTATION));
     match owner {
         Owner::Unavailable(_) => None,
-        Owner::None | Owner::Gone => Some((want, 0)),
+        Owner::None | Owner::NotFound => Some((want, 0)),
         Owner::Found(vm) if vm.is_bootonce(bootonce) => {
             let mut ops = 0;
             if annotation != Some(&json!("BootOnce")) {

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use super::{OwnerRef, BOOTONCE_ANNOTATION};
+use super::{OwnerRef, BOOTONCE_ANNOTATION, VM_GENERATION_ANNOTATION};
 
 /// A kind this webhook judges; every other kind is allowed untouched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -144,10 +144,15 @@ pub fn controller_vm_owner(vmi: &Value, request_namespace: Option<&str>) -> Opti
         .filter(|ns| !ns.is_empty())
         .or_else(|| meta.get("namespace").and_then(Value::as_str))
         .unwrap_or("default");
+    let vm_generation = meta
+        .get("annotations")
+        .and_then(|a| a.get(VM_GENERATION_ANNOTATION))
+        .map(|g| g.as_str().and_then(|g| g.parse().ok()).unwrap_or(i64::MAX));
     Some(OwnerRef {
         namespace: namespace.to_owned(),
         name: owner.get("name").and_then(Value::as_str)?.to_owned(),
         uid: owner.get("uid").and_then(Value::as_str).map(str::to_owned),
+        vm_generation,
     })
 }
 

@@ -404,7 +404,7 @@ fn reserved_annotation_on_vmi_create() {
             Expect { causes: &[("metadata.annotations", FieldValueForbidden, "controller owner is a VirtualMachine with runStrategy BootOnce")], warnings: &[] }),
         ("no owner", vmi(None, Some("BootOnce"), false), USER, Owner::None,
             Expect { causes: &[("metadata.annotations", FieldValueForbidden, "reserved for VMIs whose controller owner is a VirtualMachine with runStrategy BootOnce; remove it")], warnings: &[] }),
-        ("owner gone", vmi(None, Some("BootOnce"), true), USER, Owner::Gone,
+        ("owner gone", vmi(None, Some("BootOnce"), true), USER, Owner::NotFound,
             Expect { causes: &[("metadata.annotations", FieldValueForbidden, "reserved")], warnings: &[] }),
         ("owner unreadable", vmi(None, Some("BootOnce"), true), USER, Owner::Unavailable("API down".into()),
             Expect { causes: &[("metadata.annotations", InternalError, "retry")], warnings: &[] }),
@@ -427,6 +427,31 @@ fn reserved_annotation_on_vmi_create() {
     }
 }
 
+/// The owner reference carries the VMI's kubevirt.io/vm-generation, which
+/// the owner cache must reach; without it, the cache answers as before; a
+/// value that is not a number can never be reached (the API answers).
+#[test]
+fn owner_reference_carries_the_vms_generation() {
+    let p = policy(Mode::Enforce, BootOnceMode::Native);
+    for (annotation, want) in [
+        (None, None),
+        (Some(json!("7")), Some(7)),
+        (Some(json!("0")), Some(0)),
+        (Some(json!("seven")), Some(i64::MAX)),
+        (Some(json!("")), Some(i64::MAX)),
+        (Some(json!(7)), Some(i64::MAX)),
+        (Some(json!("99999999999999999999")), Some(i64::MAX)),
+    ] {
+        let mut obj = vmi(None, None, true);
+        if let Some(a) = &annotation {
+            obj["metadata"]["annotations"] = json!({ "kubevirt.io/vm-generation": a });
+        }
+        let req = create(Kind::Vmi, CONTROLLER, obj);
+        let got = owner_to_resolve(Endpoint::Mutate, &req, &p).map(|o| o.vm_generation);
+        assert_eq!(got, Some(want), "{annotation:?}");
+    }
+}
+
 #[test]
 fn owner_is_resolved_only_when_needed() {
     let p = policy(Mode::Enforce, BootOnceMode::Native);
@@ -434,6 +459,7 @@ fn owner_is_resolved_only_when_needed() {
         namespace: "ns".into(),
         name: "x".into(),
         uid: Some("vm-uid".into()),
+        vm_generation: None,
     });
     let req = create(Kind::Vmi, USER, vmi(None, None, true));
     assert_eq!(owner_to_resolve(Endpoint::Mutate, &req, &p), want);
@@ -639,7 +665,7 @@ fn mutation_of_vmi_create() {
         ("not BootOnce: forged annotation removed", vmi(None, Some("BootOnce"), true), owner(RunStrategy::Other, false),
             Some(json!({})), None, 1),
         ("not BootOnce, clean: nothing", vmi(None, None, true), owner(RunStrategy::Other, false), None, None, 0),
-        ("owner gone: nothing", vmi(None, Some("BootOnce"), true), Owner::Gone,
+        ("owner gone: nothing", vmi(None, Some("BootOnce"), true), Owner::NotFound,
             Some(json!({BOOTONCE_ANNOTATION: "BootOnce"})), None, 0),
         ("no owner: nothing", vmi(None, None, false), Owner::None, None, None, 0),
         ("compat owner ignored in native mode", vmi(None, None, true), owner(RunStrategy::Once, true), None, None, 0),
