@@ -291,7 +291,7 @@ scenario() {   # scenario NAME: runs scenario_NAME unless E2E_SCENARIOS excludes
 source "$E2E/scenarios.sh"
 
 # helm last: it replaces the kustomize install; audit reads what all wrote.
-for s in watches dryrun stamp reinvocation gate ratchet compat failure_policy blast_radius rotation mtls latency helm audit; do
+for s in watches dryrun stamp race reinvocation gate ratchet compat failure_policy blast_radius rotation mtls latency helm audit; do
   scenario "$s"
 done
 echo "e2e: $passed passed, 0 failed"
