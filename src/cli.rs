@@ -206,6 +206,20 @@ pub struct CheckArgs {
     pub groups: Vec<String>,
     #[command(flatten)]
     pub decision: DecisionArgs,
+    /// As in `serve`: `warn` turns every policy denial into an allowed
+    /// response with warnings (exit 0); a VMI whose owner cannot be read
+    /// still denies.
+    #[arg(long, env = "REBOOT_WEBHOOK_MODE", value_enum, default_value_t)]
+    pub mode: Mode,
+    /// Namespaces the installed webhook is never called for (its
+    /// configurations' namespaceSelector): their objects are not judged.
+    /// Repeatable or comma separated; "" judges every namespace.
+    #[arg(
+        long = "exempt-namespace",
+        value_delimiter = ',',
+        default_value = "kube-system,kubevirt-reboot-webhook"
+    )]
+    pub exempt_namespaces: Vec<String>,
     /// Output format: human text or the AdmissionResponses as JSON.
     #[arg(long, short = 'o', value_enum, default_value_t)]
     pub output: Output,
