@@ -300,3 +300,28 @@ fn check_exempts_what_the_manifests_exempt() {
         }
     }
 }
+
+/// A `kubevirt.io/v1alpha3` VirtualMachineInstanceReplicaSet is judged like
+/// a v1 one: the API server converts it for the webhook (matchPolicy
+/// Equivalent).
+#[test]
+fn check_judges_a_v1alpha3_replica_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("vmirs.yaml");
+    std::fs::write(
+        &f,
+        "apiVersion: kubevirt.io/v1alpha3\nkind: VirtualMachineInstanceReplicaSet\n\
+         metadata: {name: rs, namespace: default}\n\
+         spec: {replicas: 2, template: {spec: {domain: {rebootPolicy: terminate}}}}\n",
+    )
+    .unwrap();
+    let (code, judged, text) = check(&[], &[&f]);
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(judged[0]["kind"], "VirtualMachineInstanceReplicaSet");
+    assert!(
+        text.contains(
+            r#"denied: spec.template.spec.domain.rebootPolicy: Unsupported value: "terminate""#
+        ),
+        "{text}"
+    );
+}

@@ -45,7 +45,9 @@ impl Kind {
         match (group, version, kind) {
             ("kubevirt.io", "v1" | "v1alpha3", "VirtualMachineInstance") => Some(Kind::Vmi),
             ("kubevirt.io", "v1" | "v1alpha3", "VirtualMachine") => Some(Kind::Vm),
-            ("kubevirt.io", "v1", "VirtualMachineInstanceReplicaSet") => Some(Kind::Vmirs),
+            ("kubevirt.io", "v1" | "v1alpha3", "VirtualMachineInstanceReplicaSet") => {
+                Some(Kind::Vmirs)
+            }
             ("pool.kubevirt.io", "v1alpha1" | "v1beta1", "VirtualMachinePool") => Some(Kind::Pool),
             _ => None,
         }
