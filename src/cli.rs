@@ -136,7 +136,8 @@ pub struct ServeArgs {
     /// Static feature gates, comma separated; replaces the KubeVirt resource. "" = all off.
     #[arg(long, env = "REBOOT_WEBHOOK_FEATURE_GATES")]
     pub feature_gates: Option<String>,
-    /// Read VirtualMachines from the YAML/JSON files in DIR instead of the API.
+    /// Read VirtualMachines from the YAML/JSON files in DIR (or from one
+    /// file) instead of the API.
     #[arg(long, env = "REBOOT_WEBHOOK_OBJECTS")]
     pub objects: Option<PathBuf>,
     /// Kubeconfig for cluster mode; default: in-cluster, then KUBECONFIG, then ~/.kube/config.

@@ -54,14 +54,9 @@ pub struct StaticVms {
 }
 
 impl StaticVms {
-    /// Reads every `.yaml`, `.yml` and `.json` file in `dir` (not recursive)
-    /// and keeps the VirtualMachines.
-    pub fn from_dir(dir: &Path) -> Result<Self, object_files::Error> {
-        Self::from_path(dir, false)
-    }
-
-    /// Like [`from_dir`](Self::from_dir) for a directory (with its
-    /// subdirectories if `recursive`) or a single file.
+    /// Reads the `.yaml`, `.yml` and `.json` files of a directory (with
+    /// its subdirectories if `recursive`), or a single file, and keeps the
+    /// VirtualMachines (`serve --objects`, `check --objects`).
     pub fn from_path(path: &Path, recursive: bool) -> Result<Self, object_files::Error> {
         let mut vms = StaticVms::default();
         for doc in object_files::read_path(path, recursive)? {

@@ -224,6 +224,31 @@ fn check_has_the_warn_mode_of_serve() {
     );
 }
 
+/// A `kubevirt.io/v1alpha3` VirtualMachineInstanceReplicaSet is judged like
+/// a v1 one: the API server converts it for the webhook (matchPolicy
+/// Equivalent).
+#[test]
+fn check_judges_a_v1alpha3_replica_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("vmirs.yaml");
+    std::fs::write(
+        &f,
+        "apiVersion: kubevirt.io/v1alpha3\nkind: VirtualMachineInstanceReplicaSet\n\
+         metadata: {name: rs, namespace: default}\n\
+         spec: {replicas: 2, template: {spec: {domain: {rebootPolicy: terminate}}}}\n",
+    )
+    .unwrap();
+    let (code, judged, text) = check(&[], &[&f]);
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(judged[0]["kind"], "VirtualMachineInstanceReplicaSet");
+    assert!(
+        text.contains(
+            r#"denied: spec.template.spec.domain.rebootPolicy: Unsupported value: "terminate""#
+        ),
+        "{text}"
+    );
+}
+
 /// Objects in a namespace the installed webhook exempts are not judged (the
 /// API server never sends them); `--exempt-namespace` names others, `""`
 /// none.
@@ -301,27 +326,38 @@ fn check_exempts_what_the_manifests_exempt() {
     }
 }
 
-/// A `kubevirt.io/v1alpha3` VirtualMachineInstanceReplicaSet is judged like
-/// a v1 one: the API server converts it for the webhook (matchPolicy
-/// Equivalent).
-#[test]
-fn check_judges_a_v1alpha3_replica_set() {
+/// `--objects` takes a directory or one file, in `serve` as in `check`.
+#[tokio::test]
+async fn objects_is_a_file_or_a_directory_in_serve_and_check() {
     let dir = tempfile::tempdir().unwrap();
-    let f = dir.path().join("vmirs.yaml");
-    std::fs::write(
-        &f,
-        "apiVersion: kubevirt.io/v1alpha3\nkind: VirtualMachineInstanceReplicaSet\n\
-         metadata: {name: rs, namespace: default}\n\
-         spec: {replicas: 2, template: {spec: {domain: {rebootPolicy: terminate}}}}\n",
-    )
-    .unwrap();
-    let (code, judged, text) = check(&[], &[&f]);
-    assert_eq!(code, 1, "{text}");
-    assert_eq!(judged[0]["kind"], "VirtualMachineInstanceReplicaSet");
-    assert!(
-        text.contains(
-            r#"denied: spec.template.spec.domain.rebootPolicy: Unsupported value: "terminate""#
-        ),
-        "{text}"
-    );
+    let vm = dir.path().join("vm.yaml");
+    std::fs::copy(examples().join("bootonce-vm.yaml"), &vm).unwrap();
+    let vmi = examples().join("installer-vmi.yaml");
+    let vmi_obj: serde_json::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(&vmi).unwrap()).unwrap();
+    for objects in [&vm, &dir.path().to_path_buf()] {
+        let objects = objects.to_str().unwrap();
+        let (code, judged, _) = check(&["--objects", objects], &[&vmi]);
+        assert_eq!(
+            (code, &judged[0]["mutation"]["patchType"]),
+            (0, &serde_json::json!("JSONPatch")),
+            "check --objects {objects}"
+        );
+        let server = support::TestServer::start(&[
+            "--feature-gates",
+            "RecreateVMIOnReboot",
+            "--objects",
+            objects,
+        ])
+        .await;
+        let mut review = support::review("VirtualMachineInstance", "CREATE", &vmi_obj, None);
+        review["request"]["userInfo"]["username"] = support::CONTROLLER.into();
+        let (status, resp) = server.post("/mutate", &review).await;
+        assert_eq!(status, 200);
+        assert!(
+            resp["response"]["patch"].is_string(),
+            "serve --objects {objects}: not stamped: {resp}"
+        );
+        server.stop().await;
+    }
 }
