@@ -27,6 +27,10 @@
 //! on any missed timing or memory target (each printed as PASS/FAIL
 //! first).
 //!
+//! `fence_cpu_on_a_fresh_cache` measures what the fence costs when the
+//! cache is fresh: server CPU per VMI CREATE with and without it, in
+//! interleaved rounds (its docs say how).
+//!
 //! `vm_cache_small_instance` runs the same path on 2,000 VMs (with a forced
 //! relist) inside `make test`, so CI exercises it: it asserts the verdicts,
 //! the cache and the relist, not the timing targets (a debug build on a
@@ -625,5 +629,131 @@ async fn vm_cache_small_instance() {
         r.relist.map_or("-".into(), ms),
         r.switched.1,
         r.switched.0
+    );
+}
+
+/// CPU time the server process has run, all threads (`schedstat`, ns).
+fn cpu_ns(pid: u32) -> u64 {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("proc tasks");
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// The freshness fence on a fresh cache: server CPU per VMI CREATE with
+/// the fence and without it (`--e2e-skip-owner-fence`), two servers on the
+/// same fake API with 10,000 VMs, in interleaved rounds
+/// (`SCALE_FENCE_ROUNDS`, default 30, of 2,000 sequential VMI CREATEs each
+/// per server, which goes first alternating); every VMI carries
+/// `kubevirt.io/vm-generation`. Reports the median CPU per request of each
+/// and their ratio; fails on a wrong verdict or any GET.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: make bench-scale"]
+async fn fence_cpu_on_a_fresh_cache() {
+    const N: u64 = 10_000;
+    const PER_ROUND: usize = 2000;
+    let rounds: usize = std::env::var("SCALE_FENCE_ROUNDS")
+        .ok()
+        .map_or(30, |s| s.parse().expect("SCALE_FENCE_ROUNDS: a number"));
+    let fake = FakeApi::start().await;
+    tokio::task::block_in_place(|| {
+        fake.load(
+            Res::Vm,
+            (0..N).map(|i| realistic_vm(&namespace(i), &name(i), &uid(i), strategy(i))),
+        )
+    });
+    fake.apply(
+        Res::KubeVirt,
+        kubevirt_cr("kubevirt", &["RecreateVMIOnReboot"], &[], Some("v1.9.0")),
+    );
+    let certs = Certs::new();
+    let kubeconfig = fake.kubeconfig();
+    let mut servers = Vec::new();
+    for (label, extra) in [
+        ("fence", None),
+        ("no fence", Some("--e2e-skip-owner-fence")),
+    ] {
+        let mut cmd = serve_command(&certs);
+        cmd.arg("--kubeconfig")
+            .arg(kubeconfig.path())
+            .args(["--shutdown-delay", "0s"])
+            .args(extra)
+            .env("RUST_LOG", "warn");
+        let log = certs
+            .dir
+            .path()
+            .join(format!("{}.log", label.replace(' ', "-")));
+        let mut server = Spawned::start_logged(&mut cmd, Duration::from_secs(60), &log);
+        server.wait_ready(Duration::from_secs(120)).await;
+        let url = format!(
+            "https://localhost:{}/mutate?timeout=10s",
+            server.addr.port()
+        );
+        servers.push((label, server, url, Vec::<f64>::new()));
+    }
+    let client = support::client(&certs.ca_pem, false);
+    let fleet = Fleet::default();
+    let mut rng = Rng(0x0fe_0ce);
+    // Warm both connections and caches.
+    for (_, _, url, _) in &servers {
+        for _ in 0..200 {
+            let i = rng.below(N);
+            let (status, answer) = post_json(&client, url, vmi_create(i, &fleet).to_string()).await;
+            assert_eq!(status, 200, "{answer}");
+        }
+    }
+    for round in 0..rounds {
+        let picks: Vec<u64> = (0..PER_ROUND).map(|_| rng.below(N)).collect();
+        let bodies: Vec<String> = picks
+            .iter()
+            .map(|i| vmi_create(*i, &fleet).to_string())
+            .collect();
+        let order: Vec<usize> = if round % 2 == 0 {
+            vec![0, 1]
+        } else {
+            vec![1, 0]
+        };
+        for k in order {
+            let (_, server, url, samples) = &mut servers[k];
+            let pid = server.id();
+            let before = cpu_ns(pid);
+            for (i, body) in picks.iter().zip(&bodies) {
+                let (status, answer) = post_json(&client, url, body.clone()).await;
+                assert_eq!(status, 200, "{answer}");
+                check_verdict(*i, &answer, &fleet);
+            }
+            samples.push((cpu_ns(pid) - before) as f64 / PER_ROUND as f64 / 1e3);
+        }
+    }
+    assert_eq!(
+        fake.count(Some(Verb::Get), None),
+        0,
+        "a fresh cache: no GET"
+    );
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!();
+    for (label, _, _, samples) in &servers {
+        let shown: Vec<String> = samples.iter().map(|s| format!("{s:.1}")).collect();
+        println!(
+            "{label:>8}: median {:.1} µs CPU per VMI CREATE (rounds: {})",
+            median(samples),
+            shown.join(" ")
+        );
+    }
+    let ratios: Vec<f64> = servers[0]
+        .3
+        .iter()
+        .zip(&servers[1].3)
+        .map(|(a, b)| a / b)
+        .collect();
+    println!(
+        "fence / no fence, median of the per-round ratios: {:.3} ({} rounds of {PER_ROUND} sequential VMI CREATEs per server, {N} VMs cached, server CPU from /proc/PID/task/*/schedstat)",
+        median(&ratios),
+        rounds
     );
 }
