@@ -221,6 +221,39 @@ scenario_watches() {
 }
 
 # ---------------------------------------------------------------------------
+# The owner cache's freshness fence (README, "What the owner cache
+# guarantees") against the real API server: e2ehelper race switches VMs
+# between BootOnce and Always and creates each one's VMI right after the
+# switch, as virt-controller does, carrying kubevirt.io/vm-generation. Every
+# VMI must get the verdict of its VM as switched, whether or not the
+# webhook's watch had delivered the switch by then; the fence reads say how
+# often it had not (each one a wrong verdict without the fence).
+# E2E_RACE_UNFENCED=1 also runs the race against the webhook started with
+# the hidden --e2e-skip-owner-fence (the cache as before the fence) and
+# requires wrong verdicts there: the race the fence closes, lost.
+# E2E_RACE_VMS (50) VMs, E2E_RACE_ROUNDS (8) switches each.
+scenario_race() {
+  gate_spec "{\"featureGates\":[\"$GATE\"]}"
+  expect_gate on >/dev/null
+  k create namespace race >/dev/null
+  local race=("$E2EHELPER" race -kubeconfig "$W/admin.kubeconfig" -n race
+    -count "${E2E_RACE_VMS:-50}" -rounds "${E2E_RACE_ROUNDS:-8}")
+  local fences=("$WH_METRICS" "${M}_owner_fence_reads_total{reason=\"generation\"}")
+  local f0 out
+  f0=$(metric "${fences[@]}")
+  out=$("${race[@]}" -prefix fenced)
+  log "  with the fence: $out; the watch was behind for $(($(metric "${fences[@]}") - f0)) of them"
+  expect_contains "$out" '"wrong":0,' "VMIs created right after their VM's switch"
+  if [ -n "${E2E_RACE_UNFENCED:-}" ]; then
+    restart_webhook --e2e-skip-owner-fence
+    out=$("${race[@]}" -prefix unfenced)
+    log "  without the fence: $out"
+    restart_webhook
+    expect_not_contains "$out" '"wrong":0,' "without the fence, VMIs created right after their VM's switch"
+  fi
+}
+
+# ---------------------------------------------------------------------------
 # kubectl apply --dry-run=server of each file in examples/invalid: kubectl
 # prints exactly the expected lines (e2e/expected/dryrun/), nothing is stored.
 scenario_dryrun() {

@@ -94,7 +94,8 @@ pub struct ServeArgs {
     /// Static feature gates, comma separated; replaces the KubeVirt resource. "" = all off.
     #[arg(long, env = "REBOOT_WEBHOOK_FEATURE_GATES")]
     pub feature_gates: Option<String>,
-    /// Read VirtualMachines from the YAML/JSON files in DIR instead of the API.
+    /// Read VirtualMachines from the YAML/JSON files in DIR (or from one
+    /// file) instead of the API.
     #[arg(long, env = "REBOOT_WEBHOOK_OBJECTS")]
     pub objects: Option<PathBuf>,
     /// Kubeconfig for cluster mode; default: in-cluster, then KUBECONFIG, then ~/.kube/config.
@@ -127,6 +128,11 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "REBOOT_WEBHOOK_LOG_FORMAT", value_enum, default_value_t)]
     pub log_format: LogFormat,
+    /// Hidden, for `make e2e`'s race scenario only: decide VMI owners from
+    /// the cache without the freshness fence, as before it, to show the
+    /// wrong verdicts the fence prevents. Never in a cluster.
+    #[arg(long, hide = true)]
+    pub e2e_skip_owner_fence: bool,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -159,6 +165,20 @@ pub struct CheckArgs {
     pub groups: Vec<String>,
     #[command(flatten)]
     pub decision: DecisionArgs,
+    /// As in `serve`: `warn` turns every policy denial into an allowed
+    /// response with warnings (exit 0); a VMI whose owner cannot be read
+    /// still denies.
+    #[arg(long, env = "REBOOT_WEBHOOK_MODE", value_enum, default_value_t)]
+    pub mode: Mode,
+    /// Namespaces the installed webhook is never called for (its
+    /// configurations' namespaceSelector): their objects are not judged.
+    /// Repeatable or comma separated; "" judges every namespace.
+    #[arg(
+        long = "exempt-namespace",
+        value_delimiter = ',',
+        default_value = "kube-system,kubevirt-reboot-webhook"
+    )]
+    pub exempt_namespaces: Vec<String>,
     /// Output format: human text or the AdmissionResponses as JSON.
     #[arg(long, short = 'o', value_enum, default_value_t)]
     pub output: Output,

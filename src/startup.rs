@@ -134,10 +134,11 @@ pub async fn start(
         (None, None) => unreachable!("client is built when gates need the cluster"),
     };
     let vms: Arc<dyn VmSource> = match (&args.objects, &client) {
-        (Some(dir), _) => {
-            let vms = StaticVms::from_dir(dir)
-                .with_context(|| format!("reading --objects {}", dir.display()))?;
-            tracing::info!(count = vms.len(), dir = %dir.display(), "VirtualMachines from files");
+        (Some(path), _) => {
+            // A directory (its top level) or one file, as `check --objects`.
+            let vms = StaticVms::from_path(path, false)
+                .with_context(|| format!("reading --objects {}", path.display()))?;
+            tracing::info!(count = vms.len(), path = %path.display(), "VirtualMachines from files");
             Arc::new(vms)
         }
         (None, Some(c)) => cluster::vm_cache::VmCache::spawn(
@@ -145,6 +146,7 @@ pub async fn start(
             args.watch_namespaces.clone(),
             metrics.clone(),
             readiness.part("virtualmachine cache"),
+            !args.e2e_skip_owner_fence,
         ),
         (None, None) => unreachable!("client is built when VMs need the cluster"),
     };

@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::fake_api::{
-    kubevirt_cr, realistic_vm, realistic_vmi_create, uid, Down, FakeApi, Res, Verb,
+    at_generation, built_from, kubevirt_cr, realistic_vm, realistic_vmi_create, uid, Down, FakeApi,
+    Res, Verb,
 };
 use support::{bootonce_stamp, decoded_patch, review, serial, wait_until, TestServer};
 
@@ -79,6 +80,15 @@ impl Cluster {
         self.server
             .metric(&format!(
                 "kubevirt_reboot_webhook_owner_lookups_total{{result=\"{result}\"}}"
+            ))
+            .await
+    }
+
+    /// Reads of the freshness fence for `reason` (`generation`, `uid`).
+    async fn fences(&self, reason: &str) -> f64 {
+        self.server
+            .metric(&format!(
+                "kubevirt_reboot_webhook_owner_fence_reads_total{{reason=\"{reason}\"}}"
             ))
             .await
     }
@@ -316,12 +326,18 @@ async fn cached_owner_lookups_make_no_api_requests() {
         assert_no_patch(&c.mutate_vmi("tenant-a", "always", &uid(2)).await);
         assert_no_patch(&c.mutate_vmi("tenant-b", "halted", &uid(3)).await);
     }
-    // The uid is checked on the cache path too: a stale owner reference
-    // (VM deleted and recreated) gets no patch, still without a request.
-    assert_no_patch(&c.mutate_vmi("tenant-a", "once", &uid(99)).await);
     assert_eq!(c.fake.total(), before, "{:?}", c.fake.requests());
-    assert_eq!(c.lookups("cache").await, 10.0);
+    assert_eq!(c.lookups("cache").await, 9.0);
     assert_eq!(c.lookups("api").await, 0.0);
+    assert_eq!(c.fences("uid").await + c.fences("generation").await, 0.0);
+    // A cached VM with another uid than the reference (deleted and
+    // re-created?) is not taken for "the owner is gone": the API decides,
+    // with one GET (here it has the cached VM, so the reference's VM is
+    // gone: no patch).
+    assert_no_patch(&c.mutate_vmi("tenant-a", "once", &uid(99)).await);
+    assert_eq!(c.fake.count(Some(Verb::Get), None), 1);
+    assert_eq!(c.fences("uid").await, 1.0);
+    assert_eq!(c.lookups("api").await, 1.0);
 }
 
 // 4. A cache miss is exactly one GET of that VM, and its uid is checked.
@@ -805,4 +821,126 @@ async fn watches_failing_after_each_list_back_off_too() {
     );
     // The lists themselves complete: the replica stays ready.
     c.wait_ready().await;
+}
+
+// 12. The freshness fence: virt-controller creates a VMI from a VM change
+//     that this webhook's watch has not delivered yet (its VMI carries the
+//     VM's new generation in kubevirt.io/vm-generation): the VM is read from
+//     the API (one GET), both ways. A VMI without the annotation is decided
+//     from the cache as before. If that GET fails, the older cached VM
+//     decides, as a stale cache would. Once the watch delivers, the cache
+//     answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_change_the_watch_has_not_delivered_is_read_from_the_api() {
+    let flip = |strategy: &str, generation: i64| {
+        at_generation(vm("tenant-a", "flip", 1, strategy), generation)
+    };
+    let fake = FakeApi::start().await;
+    fake.apply(Res::Vm, flip("Always", 1));
+    let cluster = Cluster::ready(fake).await;
+    let c = &cluster;
+    c.wait_cached_vms(1).await;
+    let gets = || c.fake.count(Some(Verb::Get), None);
+    let start = |generation: Option<i64>| async move {
+        let review = built_from(vmi_create("tenant-a", "flip", &uid(1)), generation);
+        c.review("/mutate", &review).await
+    };
+    assert_no_patch(&start(Some(1)).await);
+    assert_eq!(gets(), 0, "fresh: from the cache");
+
+    // Switched to BootOnce; the watch is behind; the VMI comes at once.
+    c.fake.hold_events(Res::Vm, true);
+    c.fake.apply(Res::Vm, flip("BootOnce", 2));
+    assert_bootonce_patch(&start(Some(2)).await);
+    assert_eq!(gets(), 1);
+    assert_eq!(c.fences("generation").await, 1.0);
+    assert_eq!(c.lookups("api").await, 1.0);
+    // Without the annotation: the cache's answer, as before the fence.
+    assert_no_patch(&start(None).await);
+    assert_eq!(gets(), 1);
+
+    // And back to Always: not stamped.
+    c.fake.apply(Res::Vm, flip("Always", 3));
+    assert_no_patch(&start(Some(3)).await);
+    assert_eq!(gets(), 2);
+    assert_eq!(c.fences("generation").await, 2.0);
+
+    // The GET fails: the older cached VM (generation 1, Always) decides.
+    c.fake.apply(Res::Vm, flip("BootOnce", 4));
+    c.fake.fail_gets(Res::Vm, Some(500));
+    assert_no_patch(&start(Some(4)).await);
+    assert_eq!(c.lookups("stale_cache").await, 1.0);
+    c.fake.fail_gets(Res::Vm, None);
+
+    // The watch delivers: from the cache again, also for VMIs built from
+    // an older generation.
+    c.fake.hold_events(Res::Vm, false);
+    wait_until("the watch delivered generation 4", WAIT, || async {
+        let before = gets();
+        let resp = start(Some(4)).await;
+        gets() == before && resp.get("patch").is_some()
+    })
+    .await;
+    let (before, fences) = (gets(), c.fences("generation").await);
+    for generation in [Some(4), Some(2), None] {
+        assert_bootonce_patch(&start(generation).await);
+    }
+    assert_eq!((gets(), c.fences("generation").await), (before, fences));
+}
+
+// 13. A VM deleted and re-created under the same name (a new uid) before
+//     the watch delivers it: the new VM's VMI is decided from the API, with
+//     or without kubevirt.io/vm-generation, not taken for "owner gone" (which
+//     left it unstamped). If that GET fails, the cached VM is another VM and
+//     no answer: denied with "retry". Once the watch delivers, a VMI of the
+//     old VM is "not found" by the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_created_vm_is_read_from_the_api_not_taken_for_gone() {
+    let fake = FakeApi::start().await;
+    fake.apply(
+        Res::Vm,
+        at_generation(vm("tenant-a", "re", 1, "BootOnce"), 5),
+    );
+    let cluster = Cluster::ready(fake).await;
+    let c = &cluster;
+    c.wait_cached_vms(1).await;
+    let gets = || c.fake.count(Some(Verb::Get), None);
+    let start = |owner_uid: String, generation: Option<i64>| async move {
+        let review = built_from(vmi_create("tenant-a", "re", &owner_uid), generation);
+        c.review("/mutate", &review).await
+    };
+
+    c.fake.hold_events(Res::Vm, true);
+    c.fake.delete(Res::Vm, "tenant-a", "re");
+    c.fake.apply(
+        Res::Vm,
+        at_generation(vm("tenant-a", "re", 2, "BootOnce"), 1),
+    );
+    for generation in [Some(1), None] {
+        assert_bootonce_patch(&start(uid(2), generation).await);
+    }
+    assert_eq!(gets(), 2);
+    assert_eq!(c.fences("uid").await, 2.0);
+
+    c.fake.fail_gets(Res::Vm, Some(500));
+    let resp = start(uid(2), Some(1)).await;
+    assert_eq!(resp["allowed"], false, "{resp}");
+    let msg = resp["status"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("cached only with another uid") && msg.contains("retry"),
+        "{msg}"
+    );
+    c.fake.fail_gets(Res::Vm, None);
+
+    c.fake.hold_events(Res::Vm, false);
+    wait_until("the watch delivered the new VM", WAIT, || async {
+        let before = gets();
+        let resp = start(uid(2), Some(1)).await;
+        gets() == before && resp.get("patch").is_some()
+    })
+    .await;
+    let (before, fences) = (gets(), c.fences("uid").await);
+    assert_no_patch(&start(uid(1), Some(5)).await);
+    assert_eq!(gets(), before + 1);
+    assert_eq!(c.fences("uid").await, fences + 1.0);
 }

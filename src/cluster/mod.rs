@@ -3,6 +3,7 @@
 
 pub mod kubevirt_gate;
 pub mod vm_cache;
+mod watch;
 
 use std::time::Duration;
 
