@@ -578,6 +578,10 @@ scenario_pod_security() {
       || die "the Pod's /etc/webhook/tls/tls.crt is not the Secret's"
     tr '\0' '\n' <"/proc/$pid/environ" | grep -qx 'KUBERNETES_SERVICE_HOST=198.19.0.1' \
       || die "the Pod was not given the kubernetes Service's address"
+    # serve executed itself once with glibc's top_pad (src/allocator.rs):
+    # in the image too, read-only root and user 65532.
+    tr '\0' '\n' <"/proc/$pid/environ" | grep -q '^GLIBC_TUNABLES=.*glibc.malloc.top_pad=' \
+      || die "the webhook process runs without glibc.malloc.top_pad"
     n=$((n + 1))
   done
   expect_eq "$n" "$(cat "$W/shipped-replicas.$WH_NS")" "webhook containers inspected"
@@ -928,6 +932,36 @@ scenario_helm() {
     "cluster-wide objects after helm uninstall"
   rebootpolicy_allowed || die "a VM with rebootPolicy is still judged after the uninstall (gate is on, nothing should deny)"
   vm e2e helm-after Always Terminate | k create --dry-run=server -f - >/dev/null || die "a VM write after the uninstall failed"
+}
+
+# ---------------------------------------------------------------------------
+# The chart's certManager source, the way cert-manager runs it: the release's
+# CA and serving Certificate issued (cert-manager's writes reproduced, as in
+# scenario cert_manager), the Pods start once the Secret exists, and the
+# serving certificate is renewed under a stream of VMI creates: none fails.
+scenario_helm_cert_manager() {
+  local h=("$HELM" --kubeconfig "$W/admin.kubeconfig") NS=krw-helm-cm chart=$ROOT/charts/kubevirt-reboot-webhook out
+  gate_spec "{\"featureGates\":[\"$GATE\"]}"
+  k apply -f "$E2E/cluster/cert-manager-crds.yaml" >/dev/null
+  k wait --for condition=established --timeout=60s crd certificates.cert-manager.io issuers.cert-manager.io >/dev/null
+  # The kustomize install steps aside (webhook configurations first).
+  k delete mutatingwebhookconfiguration,validatingwebhookconfiguration -l app.kubernetes.io/name=kubevirt-reboot-webhook --ignore-not-found >/dev/null
+  "$KUBECTL" kustomize "$ROOT/manifests" | k delete --ignore-not-found --wait=false -f - >/dev/null
+  out=$("${h[@]}" install kubevirt-reboot-webhook "$chart" -n "$NS" --create-namespace --set certificate.source=certManager 2>&1) \
+    || die "helm install (certManager): $out"
+  local WH_NAMESPACE=$NS
+  # What cert-manager does next: the CA, then the serving certificate, then
+  # cainjector fills in both caBundles.
+  cert_manager "$NS" issue >/dev/null
+  webhook_installed
+  wait_until 60 "the chart's webhooks to serve" pods_serve_secret "$NS"
+  stream_owners
+  start_stream helm-cm
+  renew_under_stream "$NS" kubevirt-reboot-webhook "the chart's serving certificate"
+  sleep 3
+  expect_clean_stream "$(stop_stream helm-cm)" "VMI creates across the chart's certificate renewal"
+  out=$("${h[@]}" uninstall kubevirt-reboot-webhook -n "$NS" --wait 2>&1) || die "helm uninstall: $out"
+  k delete namespace "$NS" --wait=false >/dev/null
 }
 
 invalid_vm_admitted() { k apply --dry-run=server -f "$ROOT/examples/invalid/lowercase-reboot-policy.yaml" >/dev/null 2>&1; }
