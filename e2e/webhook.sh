@@ -74,7 +74,8 @@ for p in json.load(sys.stdin)["items"]:
     if ready and not p["metadata"].get("deletionTimestamp") and p["status"].get("podIP"):
         print(p["status"]["podIP"])'
 }
-webhook_pod_ip() { webhook_pod_ips | head -n 1; }
+# (awk reads to the end: head would break the pipe, and pipefail the caller.)
+webhook_pod_ip() { webhook_pod_ips | awk 'NR == 1'; }
 webhook_pods() { k -n "$(wh_ns)" get pods -l "$WH_SELECTOR" -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}'; }
 
 # start_webhook [EXTRA ARGS...]: the Deployment with its shipped args plus
