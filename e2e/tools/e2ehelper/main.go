@@ -6,6 +6,7 @@
 //	e2ehelper webhook  -listen ADDR -cert C -key K                          # a second mutating webhook
 //	e2ehelper stream   -kubeconfig K -n NS -rate R -owners A,B [-prefix P]  # VMI creates at R/s until SIGTERM
 //	e2ehelper certmanager -kubeconfig K -n NS issue [CERT...]              # cert-manager's and cainjector's writes
+//	e2ehelper fleet-vms|fleet-sync|fleet-relist|fleet-churn ...           # make bench-fleet (fleet.go)
 //
 // Everything it prints on stdout is one JSON object, for run.sh to read.
 package main
@@ -56,6 +57,14 @@ func main() {
 		err = stream(os.Args[2:])
 	case "certmanager":
 		err = certmanager(os.Args[2:])
+	case "fleet-vms":
+		err = fleetVMs(os.Args[2:])
+	case "fleet-sync":
+		err = fleetSync(os.Args[2:])
+	case "fleet-relist":
+		err = fleetRelist(os.Args[2:])
+	case "fleet-churn":
+		err = fleetChurn(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}

@@ -1,6 +1,8 @@
-//! The VirtualMachine owner cache: a paged list + watch (kube-runtime's
-//! watcher) decoded into a lean projection ([`lean`]), so a fleet's VMs take
-//! little memory (measured by `make bench-scale`, figures in bench/README.md).
+//! The VirtualMachine owner cache: a list + watch (kube-runtime's watcher)
+//! decoded into a lean projection ([`lean`]), so a fleet's VMs take little
+//! memory (measured by `make bench-scale` and `make bench-fleet`, figures in
+//! bench/README.md). The list is a streaming list where the API server
+//! serves one, else paged ([`list_mode`]).
 //!
 //! Only namespace, name, uid, the runStrategy class and whether the reserved
 //! annotation is present are kept. Objects are decoded straight into
@@ -20,7 +22,7 @@
 //! and falls back to the cached entry only if that read fails.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -30,8 +32,10 @@ use kube::runtime::watcher::{self, Event};
 use kube::Api;
 
 mod lean;
+mod list_mode;
 
 pub use lean::{LeanSpec, LeanVm};
+pub use list_mode::ListMode;
 
 use super::Reconnect;
 use crate::admission::{RunStrategy, VmInfo};
@@ -58,14 +62,19 @@ pub struct VmCache {
     stale_watches: AtomicUsize,
     /// Per scope: since when its watch is not live.
     stale_since: Mutex<Vec<Option<(Instant, SystemTime)>>>,
+    list_mode: ListMode,
+    /// The newest resourceVersion [`applied`](Self::applied), across scopes.
+    newest_version: AtomicI64,
 }
 
 impl VmCache {
-    /// Starts one watcher over all namespaces, or one per namespace given;
-    /// `ready` is set when every initial list completed.
+    /// Starts one watcher over all namespaces, or one per namespace given,
+    /// each listing as `list_mode` says; `ready` is set when every initial
+    /// list completed.
     pub fn spawn(
         client: kube::Client,
         namespaces: Vec<String>,
+        list_mode: ListMode,
         metrics: Arc<Metrics>,
         ready: Arc<AtomicBool>,
     ) -> Arc<VmCache> {
@@ -84,6 +93,8 @@ impl VmCache {
             metrics,
             stale_watches: AtomicUsize::new(scopes.len()),
             stale_since: Mutex::new(vec![Some(now); scopes.len()]),
+            list_mode,
+            newest_version: AtomicI64::new(0),
         });
         let pending = Arc::new(std::sync::atomic::AtomicUsize::new(scopes.len()));
         for (index, scope) in scopes.into_iter().enumerate() {
@@ -118,25 +129,46 @@ impl VmCache {
                 cache: "virtualmachines",
             })
             .clone();
+        let mut mode = self.list_mode;
         loop {
             // No backoff inside: the first error ends this watcher.
-            let mut stream =
-                std::pin::pin!(watcher::watcher(api.clone(), watcher::Config::default()));
+            let mut stream = std::pin::pin!(watcher::watcher(api.clone(), mode.watcher_config()));
+            // Between Init and InitDone; the newest object the list brought.
+            let mut listing = false;
+            let mut listed_version = 0;
             let error = loop {
                 let Some(event) = stream.next().await else {
                     break "the watch stream ended".to_owned();
                 };
                 match event {
                     Ok(Event::Init) => {
+                        if listing && mode == ListMode::Auto {
+                            // kube's watcher started the streaming list over:
+                            // the API server ended it before its end marker.
+                            mode = ListMode::FALLBACK;
+                            tracing::warn!(scope = ?scope, "the API server ended a streaming list of VirtualMachines before its end; listing them in pages from now on");
+                            break "the streaming list ended before its end".to_owned();
+                        }
+                        listing = true;
+                        listed_version = 0;
                         generation = generation.wrapping_add(1);
-                        tracing::debug!(scope = ?scope, generation, "VirtualMachine list started");
+                        tracing::debug!(scope = ?scope, generation, ?mode, "VirtualMachine list started");
                     }
-                    Ok(Event::InitApply(vm) | Event::Apply(vm)) => {
+                    Ok(Event::InitApply(vm)) => {
+                        listed_version = listed_version.max(resource_version(&vm));
                         if self.upsert(&vm, generation) {
                             self.metrics.vm_cache_objects.inc();
                         }
                     }
+                    Ok(Event::Apply(vm)) => {
+                        if self.upsert(&vm, generation) {
+                            self.metrics.vm_cache_objects.inc();
+                        }
+                        self.applied(resource_version(&vm));
+                    }
                     Ok(Event::InitDone) => {
+                        listing = false;
+                        self.applied(listed_version);
                         let swept = self.sweep(scope.as_deref(), generation);
                         let count = self.len();
                         self.metrics.vm_cache_objects.set(count as i64);
@@ -144,7 +176,7 @@ impl VmCache {
                         if synced {
                             tracing::info!(scope = ?scope, count, swept, stale_for = ?stale_for.unwrap_or_default(), "VirtualMachine cache live again; owners come from the cache");
                         } else {
-                            tracing::info!(scope = ?scope, count, swept, "VirtualMachine cache synced");
+                            tracing::info!(scope = ?scope, count, swept, ?mode, "VirtualMachine cache synced");
                             synced = true;
                             if pending.fetch_sub(1, Ordering::SeqCst) == 1 {
                                 ready.store(true, Ordering::SeqCst);
@@ -158,8 +190,15 @@ impl VmCache {
                         if self.remove(&vm) {
                             self.metrics.vm_cache_objects.dec();
                         }
+                        self.applied(resource_version(&vm));
                     }
-                    Err(e) => break e.to_string(),
+                    Err(e) => {
+                        if mode == ListMode::Auto && list_mode::refuses_streaming(&e) {
+                            mode = ListMode::FALLBACK;
+                            tracing::warn!(error = %e, scope = ?scope, "the API server does not serve streaming lists; listing VirtualMachines in pages from now on");
+                        }
+                        break e.to_string();
+                    }
                 }
             };
             if self.stale(index) {
@@ -201,6 +240,16 @@ impl VmCache {
             self.metrics.vm_cache_stale_since.set(unix_seconds(oldest));
         }
         Some(began.elapsed())
+    }
+
+    /// Records that the cache holds the VirtualMachines' state as of
+    /// `version` (0: unknown), for `vm_cache_resource_version`: a list's
+    /// newest object once the list is complete, then each change.
+    fn applied(&self, version: i64) {
+        let newest = self.newest_version.fetch_max(version, Ordering::SeqCst);
+        if version > newest {
+            self.metrics.vm_cache_resource_version.set(version);
+        }
     }
 
     /// Whether every watch is live, so cache hits can be trusted.
@@ -346,6 +395,14 @@ impl VmSource for VmCache {
             }
         })
     }
+}
+
+/// A VM's `metadata.resourceVersion` as a number (etcd's revision; 0 when
+/// it is not one: the API promises only an opaque string).
+fn resource_version(vm: &LeanVm) -> i64 {
+    (vm.metadata.resource_version.as_deref())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Seconds since the Unix epoch.
