@@ -12,13 +12,25 @@
 # Pods of the Deployment that manifests/ and the chart ship. See
 # e2e/README.md.
 #
-# E2E_SCENARIOS="gate compat" runs only those scenarios (setup always runs);
+# E2E_SCENARIOS="gate compat" runs only those scenarios (setup always runs;
+# an unknown name is refused);
 # E2E_KEEP=1 keeps the work directory.
 set -euo pipefail
 E2E=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$E2E")
 source "$E2E/lib.sh"
 source "$E2E/controlplane.sh"
+
+# Every scenario, in the order they run (helm last: it replaces the
+# kustomize install; audit reads what all wrote). A name in E2E_SCENARIOS
+# that is none of these is refused before anything is built or started.
+E2E_ALL_SCENARIOS="watches dryrun stamp race reinvocation gate ratchet compat failure_policy blast_radius pod_security rotation pod_loss mtls cert_manager latency helm helm_cert_manager audit"
+for s in ${E2E_SCENARIOS:-}; do
+  [[ " $E2E_ALL_SCENARIOS " == *" $s "* ]] ||
+    die "E2E_SCENARIOS: no scenario named '$s'; the scenarios are: $E2E_ALL_SCENARIOS"
+done
+[ -z "${E2E_SCENARIOS:-}" ] || [ -n "${E2E_SCENARIOS//[[:space:]]/}" ] ||
+  die "E2E_SCENARIOS names no scenario; the scenarios are: $E2E_ALL_SCENARIOS"
 
 if [ -z "${KRW_E2E_INSIDE:-}" ]; then
   [ "$(id -u)" = 0 ] || die "make e2e needs root (network namespaces)"
@@ -225,8 +237,7 @@ scenario() {   # scenario NAME: runs scenario_NAME unless E2E_SCENARIOS excludes
 
 source "$E2E/scenarios.sh"
 
-# helm last: it replaces the kustomize install; audit reads what all wrote.
-for s in watches dryrun stamp reinvocation gate ratchet compat failure_policy blast_radius pod_security rotation pod_loss mtls cert_manager latency helm audit; do
+for s in $E2E_ALL_SCENARIOS; do
   scenario "$s"
 done
 echo "e2e: $passed passed, 0 failed"

@@ -47,12 +47,18 @@ deployment_args() {
   k -n "$(wh_ns)" get "$WH_DEPLOY" -o jsonpath='{range .spec.template.spec.containers[0].args[*]}{@}{"\n"}{end}'
 }
 
-# wait_rollout: the Deployment rolled out, and its Service's endpoints are
-# exactly its ready Pods (the endpoints controller has caught up).
+# wait_rollout: the Deployment rolled out, its Service's endpoints are
+# exactly its ready Pods (the endpoints controller has caught up), and the
+# old Pods are gone: until then they still answer, for their shutdown delay,
+# on connections the API server has open to them.
 wait_rollout() {
   local out
   out=$(k -n "$(wh_ns)" rollout status "$WH_DEPLOY" --timeout=180s 2>&1) || die "rollout of the webhook: $out"
   wait_until 60 "the webhook's endpoints to list its ready Pods" endpoints_match_pods
+  wait_until 90 "the webhook's old Pods to be gone" no_terminating_pods
+}
+no_terminating_pods() {
+  [ -z "$(k -n "$(wh_ns)" get pods -l "$WH_SELECTOR" -o jsonpath='{range .items[?(@.metadata.deletionTimestamp)]}{.metadata.name}{"\n"}{end}')" ]
 }
 
 endpoints_match_pods() {
@@ -74,7 +80,8 @@ for p in json.load(sys.stdin)["items"]:
     if ready and not p["metadata"].get("deletionTimestamp") and p["status"].get("podIP"):
         print(p["status"]["podIP"])'
 }
-webhook_pod_ip() { webhook_pod_ips | head -n 1; }
+# (awk reads to the end: head would break the pipe, and pipefail the caller.)
+webhook_pod_ip() { webhook_pod_ips | awk 'NR == 1'; }
 webhook_pods() { k -n "$(wh_ns)" get pods -l "$WH_SELECTOR" -o jsonpath='{range .items[*]}{.metadata.name}{"\n"}{end}'; }
 
 # start_webhook [EXTRA ARGS...]: the Deployment with its shipped args plus

@@ -3,8 +3,10 @@
 //! Each object is judged as the API server would send it: a CREATE by
 //! `--as`, first to the mutating webhook, then, with its patch applied, to
 //! the validating one. Both go through [`Webhook::review`], the function the
-//! server calls. A document that is itself an AdmissionReview is judged as
-//! given.
+//! server calls. Objects in a namespace the installed webhook exempts
+//! (`--exempt-namespace`, by default those of `manifests/`' namespaceSelector)
+//! are not judged: the API server never sends them. A document that is
+//! itself an AdmissionReview is judged as given.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -16,7 +18,7 @@ use serde_json::{json, Value};
 use crate::admission::review::{
     self, AdmissionRequest, AdmissionResponse, Gvk, Operation, Review, UserInfo,
 };
-use crate::admission::{Endpoint, Kind, Mode};
+use crate::admission::{Endpoint, Kind};
 use crate::cli::{CheckArgs, Output};
 use crate::feature_gate::{self, GateFlag};
 use crate::metrics::Metrics;
@@ -142,7 +144,7 @@ fn run_inner(args: CheckArgs) -> anyhow::Result<ExitCode> {
         vms.insert(&d.value);
     }
     let webhook = Webhook {
-        policy: args.decision.policy(Mode::Enforce),
+        policy: args.decision.policy(args.mode),
         gate: Arc::new(GateFlag::new(feature_gate::parse_list(&args.feature_gates))),
         vms: Arc::new(vms),
         metrics: Arc::new(Metrics::new()),
@@ -154,8 +156,17 @@ fn run_inner(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread().build()?;
     let mut judged = Vec::new();
     let mut skipped = Vec::new();
+    let mut exempt = Vec::new();
     for (i, d) in docs.into_iter().enumerate() {
+        let is_review = d.value.get("kind").and_then(Value::as_str) == Some(review::KIND);
         match review_for(&d.value, i + 1, &user) {
+            Ok(Some(r))
+                if !is_review
+                    && (args.exempt_namespaces.iter())
+                        .any(|ns| Some(ns.as_str()) == r.request.namespace.as_deref()) =>
+            {
+                exempt.push((d.source, r.request));
+            }
             Ok(Some(r)) => judged.push(runtime.block_on(judge(&webhook, d.source, r))),
             Ok(None) => skipped.push(d),
             Err(e) => anyhow::bail!("{}: {e}", d.source),
@@ -170,6 +181,14 @@ fn run_inner(args: CheckArgs) -> anyhow::Result<ExitCode> {
         Output::Text => {
             for j in &judged {
                 write_text(&mut out, j)?;
+            }
+            for (source, r) in &exempt {
+                let ns = r.namespace.as_deref().unwrap_or_default();
+                writeln!(
+                    out,
+                    "{source}: {} {ns}/{}: not judged (namespace {ns} is exempt from the webhook; see --exempt-namespace)",
+                    r.kind.kind, r.name
+                )?;
             }
             for d in &skipped {
                 let kind = d

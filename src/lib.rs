@@ -5,8 +5,9 @@
 //! [`feature_gate`] and [`cluster::kubevirt_gate`], VM owner lookup in
 //! [`owners`] and [`cluster::vm_cache`], HTTP and TLS in [`server`] and
 //! [`tls`], the `serve` command's set-up in [`startup`], the offline command
-//! in [`check`] (manifests read by [`object_files`]); glibc malloc's tuning
-//! for `serve` in [`allocator`].
+//! in [`check`] (manifests read by [`object_files`]), the flags in [`cli`]
+//! and the parsers of their values in [`values`] (a leaf); glibc malloc's
+//! tuning for `serve` in [`allocator`].
 
 pub mod admission;
 pub mod allocator;
@@ -22,4 +23,5 @@ pub mod owners;
 pub mod server;
 pub mod startup;
 pub mod tls;
+pub mod values;
 pub mod webhook;

@@ -57,9 +57,26 @@ pub struct ErrorLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LookupLabels {
-    /// `cache`, `api`, `not_found`, `error`, `stale_cache` (the watch was
-    /// not live and the API could not be read)
+    /// `cache`, `api`, `not_found`, `error`, `stale_cache` (the cache could
+    /// not be trusted, its watch not live or its VM older than the VMI, and
+    /// the API could not be read: the cached VM decided)
     pub result: &'static str,
+}
+
+/// Why the owner cache's freshness fence read a VM from the API although
+/// the cache is live and holds a VM under the owner's name.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum FenceReason {
+    /// The cached VM's generation is below the VMI's `kubevirt.io/vm-generation`.
+    generation,
+    /// The cached VM has another uid than the owner reference.
+    uid,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FenceLabels {
+    pub reason: FenceReason,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -75,6 +92,7 @@ pub struct Metrics {
     pub latency: Family<EndpointLabels, Histogram>,
     pub errors: Family<ErrorLabels, Counter>,
     pub owner_lookups: Family<LookupLabels, Counter>,
+    pub owner_fence_reads: Family<FenceLabels, Counter>,
     pub gate_enabled: Gauge,
     pub gate_stale: Gauge,
     pub cache_synced: Family<CacheLabels, Gauge>,
@@ -126,6 +144,16 @@ impl Metrics {
             "Owner VirtualMachine lookups by result (cache hit, API read, not found, error)",
             owner_lookups.clone(),
         );
+        let owner_fence_reads = Family::<FenceLabels, Counter>::default();
+        registry.register(
+            "owner_fence_reads",
+            "Owner VirtualMachines read from the API because the live cache was behind the VMI: its VM older than the VMI's kubevirt.io/vm-generation (reason generation), or another VM under that name (reason uid)",
+            owner_fence_reads.clone(),
+        );
+        // Both series from the start, so that rate() sees the first one.
+        for reason in [FenceReason::generation, FenceReason::uid] {
+            let _ = owner_fence_reads.get_or_create(&FenceLabels { reason });
+        }
         let gate_enabled = Gauge::default();
         registry.register(
             "feature_gate_enabled",
@@ -187,6 +215,7 @@ impl Metrics {
             latency,
             errors,
             owner_lookups,
+            owner_fence_reads,
             gate_enabled,
             gate_stale,
             cache_synced,
@@ -206,6 +235,12 @@ impl Metrics {
     pub fn lookup(&self, result: &'static str) {
         self.owner_lookups
             .get_or_create(&LookupLabels { result })
+            .inc();
+    }
+
+    pub fn fence_read(&self, reason: FenceReason) {
+        self.owner_fence_reads
+            .get_or_create(&FenceLabels { reason })
             .inc();
     }
 

@@ -8,8 +8,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
-use crate::admission::{Policy, Trusted};
-use crate::cli::{DecisionArgs, LogFormat, ServeArgs};
+use crate::cli::{LogFormat, ServeArgs};
 use crate::cluster;
 use crate::feature_gate::{self, GateFlag, GateSource};
 use crate::health::Readiness;
@@ -83,20 +82,6 @@ async fn wait_for_signal() {
     }
 }
 
-impl DecisionArgs {
-    pub fn policy(&self, mode: crate::admission::Mode) -> Policy {
-        Policy {
-            trusted: Trusted::new(
-                &self.kubevirt_namespace,
-                &self.trusted_users,
-                &self.trusted_groups,
-            ),
-            mode,
-            bootonce: self.bootonce,
-        }
-    }
-}
-
 /// A running server.
 pub struct Started {
     pub addr: SocketAddr,
@@ -149,10 +134,11 @@ pub async fn start(
         (None, None) => unreachable!("client is built when gates need the cluster"),
     };
     let vms: Arc<dyn VmSource> = match (&args.objects, &client) {
-        (Some(dir), _) => {
-            let vms = StaticVms::from_dir(dir)
-                .with_context(|| format!("reading --objects {}", dir.display()))?;
-            tracing::info!(count = vms.len(), dir = %dir.display(), "VirtualMachines from files");
+        (Some(path), _) => {
+            // A directory (its top level) or one file, as `check --objects`.
+            let vms = StaticVms::from_path(path, false)
+                .with_context(|| format!("reading --objects {}", path.display()))?;
+            tracing::info!(count = vms.len(), path = %path.display(), "VirtualMachines from files");
             Arc::new(vms)
         }
         (None, Some(c)) => cluster::vm_cache::VmCache::spawn(
@@ -161,6 +147,7 @@ pub async fn start(
             args.vm_list_mode,
             metrics.clone(),
             readiness.part("virtualmachine cache"),
+            !args.e2e_skip_owner_fence,
         ),
         (None, None) => unreachable!("client is built when VMs need the cluster"),
     };

@@ -71,7 +71,7 @@ pub struct TlsFiles {
     )]
     pub client_names: Vec<String>,
     /// How often the TLS files are checked for changes.
-    #[arg(long = "cert-reload-interval", value_name = "CERT_RELOAD_INTERVAL", env = "REBOOT_WEBHOOK_CERT_RELOAD_INTERVAL", default_value = "1s", value_parser = crate::cli::period)]
+    #[arg(long = "cert-reload-interval", value_name = "CERT_RELOAD_INTERVAL", env = "REBOOT_WEBHOOK_CERT_RELOAD_INTERVAL", default_value = "1s", value_parser = crate::values::period)]
     pub reload_interval: Duration,
 }
 

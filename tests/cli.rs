@@ -10,6 +10,7 @@ mod support;
 use std::io::Write;
 use std::process::Stdio;
 
+use kubevirt_reboot_webhook::cli::{Cli, Command};
 use support::{bin_command, examples};
 
 #[test]
@@ -172,4 +173,191 @@ fn check_reads_stdin_and_prints_json_responses() {
     // The VM in the same stream is the VMI's owner: the VMI gets stamped.
     assert_eq!(judged[1]["mutation"]["patchType"], "JSONPatch");
     assert_eq!(judged[1]["validation"]["allowed"], true);
+}
+
+/// `check ARGS FILE...`, run twice: (exit code, the judged objects of
+/// `--output json`, the text output).
+fn check(args: &[&str], files: &[&std::path::Path]) -> (i32, Vec<serde_json::Value>, String) {
+    let json = bin_command()
+        .args(["check", "--output", "json"])
+        .args(args)
+        .args(files)
+        .output()
+        .unwrap();
+    let text = bin_command()
+        .arg("check")
+        .args(args)
+        .args(files)
+        .output()
+        .unwrap();
+    let code = json.status.code().unwrap_or(-1);
+    assert_eq!(text.status.code(), Some(code));
+    assert!(
+        code == 0 || code == 1,
+        "exit {code}: {}",
+        String::from_utf8_lossy(&json.stderr)
+    );
+    (
+        code,
+        serde_json::from_slice(&json.stdout).unwrap(),
+        String::from_utf8_lossy(&text.stdout).into_owned(),
+    )
+}
+
+/// `check --mode warn`, as `serve --mode warn`: denials become warnings
+/// and the exit status is 0.
+#[test]
+fn check_has_the_warn_mode_of_serve() {
+    let bad = examples().join("invalid/bootonce-with-reboot.yaml");
+    let (code, _, _) = check(&[], &[&bad]);
+    assert_eq!(code, 1);
+    let (code, judged, text) = check(&["--mode", "warn"], &[&bad]);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(judged[0]["validation"]["allowed"], true);
+    assert!(
+        text.contains("warning: would be denied (warn mode): spec.running: Invalid value: true"),
+        "{text}"
+    );
+    assert!(
+        text.contains("1 objects judged: 1 allowed, 0 denied"),
+        "{text}"
+    );
+}
+
+/// A `kubevirt.io/v1alpha3` VirtualMachineInstanceReplicaSet is judged like
+/// a v1 one: the API server converts it for the webhook (matchPolicy
+/// Equivalent).
+#[test]
+fn check_judges_a_v1alpha3_replica_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("vmirs.yaml");
+    std::fs::write(
+        &f,
+        "apiVersion: kubevirt.io/v1alpha3\nkind: VirtualMachineInstanceReplicaSet\n\
+         metadata: {name: rs, namespace: default}\n\
+         spec: {replicas: 2, template: {spec: {domain: {rebootPolicy: terminate}}}}\n",
+    )
+    .unwrap();
+    let (code, judged, text) = check(&[], &[&f]);
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(judged[0]["kind"], "VirtualMachineInstanceReplicaSet");
+    assert!(
+        text.contains(
+            r#"denied: spec.template.spec.domain.rebootPolicy: Unsupported value: "terminate""#
+        ),
+        "{text}"
+    );
+}
+
+/// Objects in a namespace the installed webhook exempts are not judged (the
+/// API server never sends them); `--exempt-namespace` names others, `""`
+/// none.
+#[test]
+fn check_leaves_exempt_namespaces_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("vms.yaml");
+    let vm = |ns: &str| {
+        format!(
+            "apiVersion: kubevirt.io/v1\nkind: VirtualMachine\nmetadata: {{name: bad, namespace: {ns}}}\n\
+             spec: {{runStrategy: Always, template: {{spec: {{domain: {{rebootPolicy: terminate}}}}}}}}\n"
+        )
+    };
+    std::fs::write(
+        &f,
+        [
+            vm("kube-system"),
+            vm("kubevirt-reboot-webhook"),
+            vm("tenant"),
+        ]
+        .join("---\n"),
+    )
+    .unwrap();
+    let (code, judged, text) = check(&[], &[&f]);
+    assert_eq!(code, 1, "{text}");
+    assert_eq!(judged.len(), 1, "{text}");
+    assert_eq!(judged[0]["namespace"], "tenant");
+    for ns in ["kube-system", "kubevirt-reboot-webhook"] {
+        assert!(
+            text.contains(&format!(
+                "VirtualMachine {ns}/bad: not judged (namespace {ns} is exempt from the webhook; see --exempt-namespace)"
+            )),
+            "{text}"
+        );
+    }
+    let (_, judged, _) = check(&["--exempt-namespace", "tenant"], &[&f]);
+    let namespaces: Vec<&str> = judged
+        .iter()
+        .filter_map(|j| j["namespace"].as_str())
+        .collect();
+    assert_eq!(namespaces, ["kube-system", "kubevirt-reboot-webhook"]);
+    let (_, judged, _) = check(&["--exempt-namespace", ""], &[&f]);
+    assert_eq!(judged.len(), 3);
+}
+
+/// `check`'s default exemptions are the namespaceSelector of both webhook
+/// configurations in `manifests/base`: one list, held equal here.
+#[test]
+fn check_exempts_what_the_manifests_exempt() {
+    let Ok(Cli {
+        command: Command::Check(args),
+    }) = support::parse_cli(&["check", "x.yaml"])
+    else {
+        panic!("`check x.yaml` does not parse as check");
+    };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for file in ["validating-webhook.yaml", "mutating-webhook.yaml"] {
+        let text = std::fs::read_to_string(root.join("manifests/base").join(file)).unwrap();
+        let config: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap();
+        for webhook in config["webhooks"].as_array().unwrap() {
+            let exprs = webhook["namespaceSelector"]["matchExpressions"]
+                .as_array()
+                .unwrap();
+            let [expr] = exprs.as_slice() else {
+                panic!("{file}: one expression expected: {exprs:?}");
+            };
+            assert_eq!(expr["key"], "kubernetes.io/metadata.name", "{file}");
+            assert_eq!(expr["operator"], "NotIn", "{file}");
+            assert_eq!(
+                expr["values"],
+                serde_json::json!(args.exempt_namespaces),
+                "{file}: check --exempt-namespace defaults differ"
+            );
+        }
+    }
+}
+
+/// `--objects` takes a directory or one file, in `serve` as in `check`.
+#[tokio::test]
+async fn objects_is_a_file_or_a_directory_in_serve_and_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let vm = dir.path().join("vm.yaml");
+    std::fs::copy(examples().join("bootonce-vm.yaml"), &vm).unwrap();
+    let vmi = examples().join("installer-vmi.yaml");
+    let vmi_obj: serde_json::Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(&vmi).unwrap()).unwrap();
+    for objects in [&vm, &dir.path().to_path_buf()] {
+        let objects = objects.to_str().unwrap();
+        let (code, judged, _) = check(&["--objects", objects], &[&vmi]);
+        assert_eq!(
+            (code, &judged[0]["mutation"]["patchType"]),
+            (0, &serde_json::json!("JSONPatch")),
+            "check --objects {objects}"
+        );
+        let server = support::TestServer::start(&[
+            "--feature-gates",
+            "RecreateVMIOnReboot",
+            "--objects",
+            objects,
+        ])
+        .await;
+        let mut review = support::review("VirtualMachineInstance", "CREATE", &vmi_obj, None);
+        review["request"]["userInfo"]["username"] = support::CONTROLLER.into();
+        let (status, resp) = server.post("/mutate", &review).await;
+        assert_eq!(status, 200);
+        assert!(
+            resp["response"]["patch"].is_string(),
+            "serve --objects {objects}: not stamped: {resp}"
+        );
+        server.stop().await;
+    }
 }

@@ -2,8 +2,10 @@
 //! (`support::fake_api`): the real server, started with `--kubeconfig`,
 //! watching KubeVirt resources for the gate and VirtualMachines for owners.
 //!
-//! Every wait polls with short sleeps and a deadline of a few seconds; no
-//! test sleeps a fixed long time.
+//! Every wait polls with short sleeps until what it waits for is seen, with
+//! a deadline only against a hang; no test sleeps a fixed time or wants
+//! something done within a time (that is for benchmarks: `make
+//! bench-scale`'s `watches_recover_promptly_after_an_outage`).
 
 // A panic here is a failed test; Cargo.toml denies unwrap/expect in product
 // code, and clippy.toml's test exemption misses integration-test helpers.
@@ -15,13 +17,16 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::fake_api::{
-    kubevirt_cr, realistic_vm, realistic_vmi_create, uid, Down, FakeApi, Res, Streaming, Verb,
+    at_generation, built_from, kubevirt_cr, realistic_vm, realistic_vmi_create, uid, Down, FakeApi,
+    Res, Streaming, Verb,
 };
 use support::{bootonce_stamp, decoded_patch, review, serial, wait_until, TestServer};
 
 const GATE: &str = "RecreateVMIOnReboot";
 const GATE_MESSAGE: &str = "requires the feature gate RecreateVMIOnReboot";
 const WAIT: Duration = Duration::from_secs(10);
+/// A deadline only against a hang, for waits that take seconds by design.
+const HANG: Duration = Duration::from_secs(60);
 
 /// The fake API, the server pointed at it, and the kubeconfig file.
 struct Cluster {
@@ -80,6 +85,15 @@ impl Cluster {
         self.server
             .metric(&format!(
                 "kubevirt_reboot_webhook_owner_lookups_total{{result=\"{result}\"}}"
+            ))
+            .await
+    }
+
+    /// Reads of the freshness fence for `reason` (`generation`, `uid`).
+    async fn fences(&self, reason: &str) -> f64 {
+        self.server
+            .metric(&format!(
+                "kubevirt_reboot_webhook_owner_fence_reads_total{{reason=\"{reason}\"}}"
             ))
             .await
     }
@@ -317,12 +331,18 @@ async fn cached_owner_lookups_make_no_api_requests() {
         assert_no_patch(&c.mutate_vmi("tenant-a", "always", &uid(2)).await);
         assert_no_patch(&c.mutate_vmi("tenant-b", "halted", &uid(3)).await);
     }
-    // The uid is checked on the cache path too: a stale owner reference
-    // (VM deleted and recreated) gets no patch, still without a request.
-    assert_no_patch(&c.mutate_vmi("tenant-a", "once", &uid(99)).await);
     assert_eq!(c.fake.total(), before, "{:?}", c.fake.requests());
-    assert_eq!(c.lookups("cache").await, 10.0);
+    assert_eq!(c.lookups("cache").await, 9.0);
     assert_eq!(c.lookups("api").await, 0.0);
+    assert_eq!(c.fences("uid").await + c.fences("generation").await, 0.0);
+    // A cached VM with another uid than the reference (deleted and
+    // re-created?) is not taken for "the owner is gone": the API decides,
+    // with one GET (here it has the cached VM, so the reference's VM is
+    // gone: no patch).
+    assert_no_patch(&c.mutate_vmi("tenant-a", "once", &uid(99)).await);
+    assert_eq!(c.fake.count(Some(Verb::Get), None), 1);
+    assert_eq!(c.fences("uid").await, 1.0);
+    assert_eq!(c.lookups("api").await, 1.0);
 }
 
 // 4. A cache miss is exactly one GET of that VM, and its uid is checked.
@@ -369,7 +389,6 @@ async fn api_down_and_cache_miss_is_denied_with_retry() {
     for mode in [Down::Refuse, Down::Unavailable] {
         c.fake.set_down(mode);
         let gets = c.fake.count(Some(Verb::Get), None);
-        let started = Instant::now();
         // The API server's own timeout bounds the wait for the owner.
         let resp = c
             .review(
@@ -377,17 +396,17 @@ async fn api_down_and_cache_miss_is_denied_with_retry() {
                 &vmi_create("tenant-a", "missing", &uid(2)),
             )
             .await;
-        let took = started.elapsed();
         assert_eq!(resp["allowed"], false, "{mode:?}: {resp}");
         let msg = resp["status"]["message"].as_str().unwrap_or_default();
         assert!(msg.contains("retry"), "{mode:?}: {msg}");
+        // The lookup failed, not the deadline: retries until the deadline
+        // would end in the deadline's message.
         assert!(
             msg.contains("is not cached and reading it from the Kubernetes API failed"),
             "{mode:?}: the lookup failed, not the deadline: {msg}"
         );
         // One attempt, not a burst of retries against a struggling API
-        // server until the deadline.
-        assert!(took < Duration::from_secs(1), "{mode:?}: took {took:?}");
+        // server.
         let sent = usize::from(mode == Down::Unavailable);
         assert_eq!(c.fake.count(Some(Verb::Get), None), gets + sent, "{mode:?}");
 
@@ -555,9 +574,10 @@ async fn relist_converges(mode: &str, calls: usize) {
 // 8. While the VM watch is not live, a cache hit may be wrong: changes made
 //    during an outage (history expired, so the watch cannot replay them)
 //    are honoured by the first VMI CREATE after the API returns, and come
-//    from the cache again within 5 s.
+//    from the cache again once the watch is back (how soon: `make
+//    bench-scale`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn changes_during_an_outage_are_honoured_at_once_and_cached_within_5s() {
+async fn changes_during_an_outage_are_honoured_at_once_and_cached_again() {
     const STALE: &str = "kubevirt_reboot_webhook_vm_cache_stale";
     for mode in [Down::Refuse, Down::Unavailable] {
         let fake = FakeApi::start().await;
@@ -567,7 +587,7 @@ async fn changes_during_an_outage_are_honoured_at_once_and_cached_within_5s() {
         c.wait_cached_vms(2).await;
         assert_eq!(c.server.metric(STALE).await, 0.0, "{mode:?}");
 
-        let down = Instant::now();
+        let attempts = c.fake.total() + c.fake.refused();
         c.fake.set_down(mode);
         // An Always VM switched to BootOnce, a BootOnce VM deleted, a new
         // one: none of it reaches the watch.
@@ -590,30 +610,29 @@ async fn changes_during_an_outage_are_honoured_at_once_and_cached_within_5s() {
         let stale_hits = c.lookups("stale_cache").await;
         assert_no_patch(&c.mutate_vmi("tenant-a", "flip", &uid(1)).await);
         assert_eq!(c.lookups("stale_cache").await, stale_hits + 1.0);
-        tokio::time::sleep(Duration::from_secs(2).saturating_sub(down.elapsed())).await;
+        // An outage, not a blip: the watches fail a few more times first
+        // (each failure is a request answered 503, or a connection refused).
+        wait_until("failed reconnects during the outage", WAIT, || async {
+            c.fake.total() + c.fake.refused() >= attempts + 4
+        })
+        .await;
 
         c.fake.set_down(Down::Up);
-        let up = Instant::now();
         // The first VMI CREATEs after: each owner as the API has it now.
         assert_bootonce_patch(&c.mutate_vmi("tenant-a", "flip", &uid(1)).await);
         assert_no_patch(&c.mutate_vmi("tenant-a", "doomed", &uid(2)).await);
         assert_bootonce_patch(&c.mutate_vmi("tenant-a", "fresh", &uid(3)).await);
 
-        // And soon from the cache again, without GETs.
-        wait_until(
-            "owners from the cache again",
-            Duration::from_secs(5),
-            || async {
-                let gets = c.fake.count(Some(Verb::Get), None);
-                let flip = c.mutate_vmi("tenant-a", "flip", &uid(1)).await;
-                let fresh = c.mutate_vmi("tenant-a", "fresh", &uid(3)).await;
-                assert_bootonce_patch(&flip);
-                assert_bootonce_patch(&fresh);
-                c.fake.count(Some(Verb::Get), None) == gets
-            },
-        )
+        // And from the cache again, without GETs, once the watch is back.
+        wait_until("owners from the cache again", WAIT, || async {
+            let gets = c.fake.count(Some(Verb::Get), None);
+            let flip = c.mutate_vmi("tenant-a", "flip", &uid(1)).await;
+            let fresh = c.mutate_vmi("tenant-a", "fresh", &uid(3)).await;
+            assert_bootonce_patch(&flip);
+            assert_bootonce_patch(&fresh);
+            c.fake.count(Some(Verb::Get), None) == gets
+        })
         .await;
-        assert!(up.elapsed() < Duration::from_secs(5), "{mode:?}");
         assert_eq!(c.server.metric(STALE).await, 0.0, "{mode:?}");
         // The deleted VM is gone from the cache: a GET that finds nothing.
         assert_no_patch(&c.mutate_vmi("tenant-a", "doomed", &uid(2)).await);
@@ -704,16 +723,42 @@ async fn a_relist_in_one_watched_namespace_sweeps_only_that_namespace() {
     assert_eq!(c.fake.count(Some(Verb::Get), None), gets + 1);
 }
 
-// 10. Both watches (VirtualMachines, KubeVirt) reconnect on this project's
-//     short backoff (0.2 s doubling to at most 3 s), not kube-runtime's or
-//     client-go's default (0.8 s doubling to 30 s), which left the cache
-//     stale long after a short outage. Over 10 s of failing lists the short
-//     backoff makes at least 4 list calls per watch (after delays of at most
-//     0.4, 0.8, 1.6 and 3 s: by 5.8 s; a fifth comes by 8.8 s); the default
-//     makes at most 3 (after at least 0.8, 1.6 and 3.2 s, the next at 12 s).
+/// When each `res` list call arrived, from the `after`th on.
+fn list_arrivals(fake: &FakeApi, res: Res, after: usize) -> Vec<Instant> {
+    let lists = fake
+        .requests()
+        .into_iter()
+        .filter(|s| s.verb == Verb::List && s.res == Some(res));
+    lists.skip(after).map(|s| s.at).collect()
+}
+
+/// Checks that the gaps between list calls grow as the reconnect delays
+/// do: the `k`th gap is at least the shortest `k`th delay,
+/// min(0.2 s × 2^k, 1.5 s) (each delay is that plus 0-100 % jitter). The
+/// client waits its delay before it asks again, so a gap can only come out
+/// longer than its delay on a loaded machine, never shorter: a lower bound
+/// holds on any machine. (The upper bounds, that the delays are short, are
+/// a timing target: `make bench-scale` measures them.)
+fn assert_backs_off(what: &str, arrivals: &[Instant]) {
+    let gaps: Vec<Duration> = arrivals.windows(2).map(|w| w[1] - w[0]).collect();
+    for (k, gap) in gaps.iter().enumerate() {
+        let shortest = Duration::from_millis(200 << k.min(3)).min(Duration::from_millis(1500));
+        assert!(
+            *gap >= shortest,
+            "{what}: gap {k} between list calls is {gap:?}, shorter than the shortest delay {shortest:?}; gaps {gaps:?}"
+        );
+    }
+}
+
+// 10. Both watches (VirtualMachines, KubeVirt) keep reconnecting through an
+//     outage, on growing delays: a backoff, not a retry every 0.2-0.4 s.
+//     The delays themselves are src/cluster/mod.rs's paused-time unit
+//     tests; that they stay short (0.2 s doubling to at most 3 s, not
+//     kube-runtime's or client-go's 0.8 s doubling to 30 s) is measured by
+//     `make bench-scale` (`watches_recover_promptly_after_an_outage`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_watches_retry_on_the_short_backoff() {
-    const OUTAGE: Duration = Duration::from_secs(10);
+    const CALLS: usize = 5;
     let c = Cluster::ready(FakeApi::start().await).await;
     let lists = |r: Res| c.fake.count(Some(Verb::List), Some(r));
     let before = (lists(Res::Vm), lists(Res::KubeVirt));
@@ -722,8 +767,12 @@ async fn failing_watches_retry_on_the_short_backoff() {
         c.fake.fail_lists(r, Some(500));
         c.fake.expire_watches(r);
     }
-    tokio::time::sleep(OUTAGE).await;
-    let (vm, kv) = (lists(Res::Vm) - before.0, lists(Res::KubeVirt) - before.1);
+    wait_until(
+        &format!("{CALLS} failing list calls per watch"),
+        HANG,
+        || async { lists(Res::Vm) >= before.0 + CALLS && lists(Res::KubeVirt) >= before.1 + CALLS },
+    )
+    .await;
     // Both watches say they are not live; the gate keeps its state.
     for stale in ["vm_cache_stale", "feature_gate_stale"] {
         let m = format!("kubevirt_reboot_webhook_{stale}");
@@ -732,20 +781,17 @@ async fn failing_watches_retry_on_the_short_backoff() {
     for r in [Res::Vm, Res::KubeVirt] {
         c.fake.fail_lists(r, None);
     }
-    assert!(
-        vm >= 4,
-        "VirtualMachine watch: {vm} list calls in {OUTAGE:?}"
+    assert_backs_off(
+        "VirtualMachine watch",
+        &list_arrivals(&c.fake, Res::Vm, before.0),
     );
-    assert!(kv >= 4, "KubeVirt watch: {kv} list calls in {OUTAGE:?}");
-    // And the delays grow: a backoff, not a retry every 0.2-0.4 s (at
-    // least 25 calls in 10 s).
-    assert!(
-        vm <= 12 && kv <= 12,
-        "VirtualMachine: {vm}, KubeVirt: {kv} list calls in {OUTAGE:?}"
+    assert_backs_off(
+        "KubeVirt watch",
+        &list_arrivals(&c.fake, Res::KubeVirt, before.1),
     );
-    // And both come back within the longest delay once lists succeed.
+    // And both come back once lists succeed.
     for r in [Res::Vm, Res::KubeVirt] {
-        c.fake.wait_watches(r, 1, Duration::from_secs(5)).await;
+        c.fake.wait_watches(r, 1, HANG).await;
     }
     c.wait_ready().await;
     for stale in ["vm_cache_stale", "feature_gate_stale"] {
@@ -762,10 +808,10 @@ async fn failing_watches_retry_on_the_short_backoff() {
 //     proxy that cuts watches) backs off like a failing list: the delays
 //     start again only after a watch stayed live for a minute. Restarting
 //     them at each completed list relisted every 0.2-0.4 s (about 25 lists
-//     in 8 s, per replica and watch).
+//     in 8 s, per replica and watch): gaps this test refuses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_failing_after_each_list_back_off_too() {
-    const WINDOW: Duration = Duration::from_secs(8);
+    const CALLS: usize = 5;
     // A streaming list is its own watch: no watch request after it to fail.
     let c = Cluster::ready_with(FakeApi::start().await, &["--vm-list-mode", "paginated"]).await;
     let lists = |r: Res| c.fake.count(Some(Verb::List), Some(r));
@@ -776,28 +822,160 @@ async fn watches_failing_after_each_list_back_off_too() {
         }
         c.fake.close_watches(r);
     }
-    tokio::time::sleep(WINDOW).await;
-    let (vm, kv) = (lists(Res::Vm) - before.0, lists(Res::KubeVirt) - before.1);
-    // Each list succeeds; the delays before them grow to 1.5-3 s.
-    assert!(
-        (2..=10).contains(&vm) && (2..=10).contains(&kv),
-        "VirtualMachine: {vm}, KubeVirt: {kv} list calls in {WINDOW:?}"
+    wait_until(&format!("{CALLS} relists per watch"), HANG, || async {
+        lists(Res::Vm) >= before.0 + CALLS && lists(Res::KubeVirt) >= before.1 + CALLS
+    })
+    .await;
+    // Each list succeeds; the delays before them grow all the same.
+    assert_backs_off(
+        "VirtualMachine watch",
+        &list_arrivals(&c.fake, Res::Vm, before.0),
+    );
+    assert_backs_off(
+        "KubeVirt watch",
+        &list_arrivals(&c.fake, Res::KubeVirt, before.1),
     );
     // The lists themselves complete: the replica stays ready.
     c.wait_ready().await;
 }
 
-// 12. The VM cache lists with a streaming list by default (a watch with
+// 12. The freshness fence: virt-controller creates a VMI from a VM change
+//     that this webhook's watch has not delivered yet (its VMI carries the
+//     VM's new generation in kubevirt.io/vm-generation): the VM is read from
+//     the API (one GET), both ways. A VMI without the annotation is decided
+//     from the cache as before. If that GET fails, the older cached VM
+//     decides, as a stale cache would. Once the watch delivers, the cache
+//     answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_change_the_watch_has_not_delivered_is_read_from_the_api() {
+    let flip = |strategy: &str, generation: i64| {
+        at_generation(vm("tenant-a", "flip", 1, strategy), generation)
+    };
+    let fake = FakeApi::start().await;
+    fake.apply(Res::Vm, flip("Always", 1));
+    let cluster = Cluster::ready(fake).await;
+    let c = &cluster;
+    c.wait_cached_vms(1).await;
+    let gets = || c.fake.count(Some(Verb::Get), None);
+    let start = |generation: Option<i64>| async move {
+        let review = built_from(vmi_create("tenant-a", "flip", &uid(1)), generation);
+        c.review("/mutate", &review).await
+    };
+    assert_no_patch(&start(Some(1)).await);
+    assert_eq!(gets(), 0, "fresh: from the cache");
+
+    // Switched to BootOnce; the watch is behind; the VMI comes at once.
+    c.fake.hold_events(Res::Vm, true);
+    c.fake.apply(Res::Vm, flip("BootOnce", 2));
+    assert_bootonce_patch(&start(Some(2)).await);
+    assert_eq!(gets(), 1);
+    assert_eq!(c.fences("generation").await, 1.0);
+    assert_eq!(c.lookups("api").await, 1.0);
+    // Without the annotation: the cache's answer, as before the fence.
+    assert_no_patch(&start(None).await);
+    assert_eq!(gets(), 1);
+
+    // And back to Always: not stamped.
+    c.fake.apply(Res::Vm, flip("Always", 3));
+    assert_no_patch(&start(Some(3)).await);
+    assert_eq!(gets(), 2);
+    assert_eq!(c.fences("generation").await, 2.0);
+
+    // The GET fails: the older cached VM (generation 1, Always) decides.
+    c.fake.apply(Res::Vm, flip("BootOnce", 4));
+    c.fake.fail_gets(Res::Vm, Some(500));
+    assert_no_patch(&start(Some(4)).await);
+    assert_eq!(c.lookups("stale_cache").await, 1.0);
+    c.fake.fail_gets(Res::Vm, None);
+
+    // The watch delivers: from the cache again, also for VMIs built from
+    // an older generation.
+    c.fake.hold_events(Res::Vm, false);
+    wait_until("the watch delivered generation 4", WAIT, || async {
+        let before = gets();
+        let resp = start(Some(4)).await;
+        gets() == before && resp.get("patch").is_some()
+    })
+    .await;
+    let (before, fences) = (gets(), c.fences("generation").await);
+    for generation in [Some(4), Some(2), None] {
+        assert_bootonce_patch(&start(generation).await);
+    }
+    assert_eq!((gets(), c.fences("generation").await), (before, fences));
+}
+
+// 13. A VM deleted and re-created under the same name (a new uid) before
+//     the watch delivers it: the new VM's VMI is decided from the API, with
+//     or without kubevirt.io/vm-generation, not taken for "owner gone" (which
+//     left it unstamped). If that GET fails, the cached VM is another VM and
+//     no answer: denied with "retry". Once the watch delivers, a VMI of the
+//     old VM is "not found" by the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_created_vm_is_read_from_the_api_not_taken_for_gone() {
+    let fake = FakeApi::start().await;
+    fake.apply(
+        Res::Vm,
+        at_generation(vm("tenant-a", "re", 1, "BootOnce"), 5),
+    );
+    let cluster = Cluster::ready(fake).await;
+    let c = &cluster;
+    c.wait_cached_vms(1).await;
+    let gets = || c.fake.count(Some(Verb::Get), None);
+    let start = |owner_uid: String, generation: Option<i64>| async move {
+        let review = built_from(vmi_create("tenant-a", "re", &owner_uid), generation);
+        c.review("/mutate", &review).await
+    };
+
+    c.fake.hold_events(Res::Vm, true);
+    c.fake.delete(Res::Vm, "tenant-a", "re");
+    c.fake.apply(
+        Res::Vm,
+        at_generation(vm("tenant-a", "re", 2, "BootOnce"), 1),
+    );
+    for generation in [Some(1), None] {
+        assert_bootonce_patch(&start(uid(2), generation).await);
+    }
+    assert_eq!(gets(), 2);
+    assert_eq!(c.fences("uid").await, 2.0);
+
+    c.fake.fail_gets(Res::Vm, Some(500));
+    let resp = start(uid(2), Some(1)).await;
+    assert_eq!(resp["allowed"], false, "{resp}");
+    let msg = resp["status"]["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("cached only with another uid") && msg.contains("retry"),
+        "{msg}"
+    );
+    c.fake.fail_gets(Res::Vm, None);
+
+    c.fake.hold_events(Res::Vm, false);
+    wait_until("the watch delivered the new VM", WAIT, || async {
+        let before = gets();
+        let resp = start(uid(2), Some(1)).await;
+        gets() == before && resp.get("patch").is_some()
+    })
+    .await;
+    let (before, fences) = (gets(), c.fences("uid").await);
+    assert_no_patch(&start(uid(1), Some(5)).await);
+    assert_eq!(gets(), before + 1);
+    assert_eq!(c.fences("uid").await, fences + 1.0);
+}
+
+// 14. The VM cache lists with a streaming list by default (a watch with
 //     sendInitialEvents=true, no list request at all), and each
-//     --vm-list-mode makes the requests it names.
+//     --vm-list-mode makes the requests it names. The default's case is the
+//     guard against a regression to unpaginated lists: every list of VMs
+//     it makes is a streaming list or a page.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_list_mode_makes_its_own_requests() {
-    for (mode, want) in [
-        (None, "watch=true&sendInitialEvents=true"),
-        (Some("streaming"), "watch=true&sendInitialEvents=true"),
-        (Some("paginated"), "limit=500"),
-        (Some("unpaginated"), ""),
-    ] {
+    let streaming = |q: &str| {
+        q.contains("watch=true")
+            && q.contains("sendInitialEvents=true")
+            && q.contains("resourceVersionMatch=NotOlderThan")
+    };
+    let page = |q: &str| q.contains("limit=500") && !q.contains("watch=");
+    let unpaginated = |q: &str| !q.contains("limit=") && !q.contains("watch=");
+    for mode in [None, Some("streaming"), Some("paginated"), Some("unpaginated")] {
         let fake = FakeApi::start().await;
         fake.load(
             Res::Vm,
@@ -810,26 +988,18 @@ async fn each_list_mode_makes_its_own_requests() {
             .filter(|s| s.verb == Verb::List && s.res == Some(Res::Vm))
             .map(|s| s.query)
             .collect();
-        let first = lists.first().cloned().unwrap_or_default();
-        match mode {
-            Some("unpaginated") => assert!(
-                lists.len() == 1 && !first.contains("limit=") && !first.contains("watch="),
-                "{mode:?}: {lists:?}"
-            ),
-            Some("paginated") => assert!(
-                lists.len() == 2 && lists.iter().all(|q| q.contains(want)),
-                "{mode:?}: {lists:?}"
-            ),
-            _ => assert!(
-                lists.len() == 1 && first.contains(want) && first.contains("resourceVersionMatch=NotOlderThan"),
-                "{mode:?}: {lists:?}"
-            ),
-        }
+        let ok = match mode {
+            // 600 VMs: two pages.
+            Some("paginated") => lists.len() == 2 && lists.iter().all(|q| page(q)),
+            Some("unpaginated") => lists.len() == 1 && unpaginated(&lists[0]),
+            _ => lists.len() == 1 && streaming(&lists[0]),
+        };
+        assert!(ok, "{mode:?}: {lists:?}");
         c.server.stop().await;
     }
 }
 
-// 13. Where the API server refuses streaming lists (kube-apiserver with the
+// 15. Where the API server refuses streaming lists (kube-apiserver with the
 //     WatchList feature off answers 422), the default mode lists in pages,
 //     syncs, and relists in pages without asking again; `streaming` alone
 //     does not fall back.
@@ -888,7 +1058,7 @@ async fn refused_streaming_lists_fall_back_to_pages() {
     assert_eq!(c.readyz().await.0, 503);
 }
 
-// 14. A streaming list that ends before its end marker (a server or proxy
+// 16. A streaming list that ends before its end marker (a server or proxy
 //     that ignores sendInitialEvents and ends the watch) falls back to pages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unfinished_streaming_list_falls_back_to_pages() {
@@ -912,7 +1082,7 @@ async fn an_unfinished_streaming_list_falls_back_to_pages() {
     );
 }
 
-// 15. vm_cache_resource_version says how far the cache got: after the list,
+// 17. vm_cache_resource_version says how far the cache got: after the list,
 //     its newest object; then each change the watch delivers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cache_reports_the_newest_resource_version_it_holds() {

@@ -11,7 +11,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use support::{raw_tls, sample_review, standalone_flags, TestServer};
@@ -21,6 +21,9 @@ use tokio::net::TcpStream;
 type Tls = tokio_rustls::client::TlsStream<TcpStream>;
 
 const MIB: usize = 1024 * 1024;
+/// Longest a test waits for what must happen: a hang guard far above the
+/// server's bounds, so a loaded machine cannot miss it.
+const HANG: Duration = Duration::from_secs(60);
 
 async fn server() -> TestServer {
     TestServer::start(&standalone_flags()).await
@@ -121,7 +124,7 @@ async fn http1_client_reading_while_it_sends_gets_the_early_answer() {
             (out, w)
         });
         let mut raw = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(10), r.read_to_end(&mut raw)).await;
+        let read = tokio::time::timeout(HANG, r.read_to_end(&mut raw)).await;
         assert!(
             matches!(read, Ok(Ok(_))),
             "{want}: reading the answer: {read:?} after {:?}",
@@ -133,7 +136,7 @@ async fn http1_client_reading_while_it_sends_gets_the_early_answer() {
             want,
             message,
         );
-        let ((sent, err), _w) = tokio::time::timeout(Duration::from_secs(10), writer)
+        let ((sent, err), _w) = tokio::time::timeout(HANG, writer)
             .await
             .expect("the body is taken within the linger bounds")
             .unwrap();
@@ -150,12 +153,12 @@ async fn http1_client_sending_everything_first_gets_the_early_answer() {
     for (ct, len, want, message) in cases() {
         let mut tls = connect(&server, b"http/1.1").await;
         tls.write_all(head(ct, len).as_bytes()).await.unwrap();
-        let sent = tokio::time::timeout(Duration::from_secs(10), write_body(&mut tls, len))
+        let sent = tokio::time::timeout(HANG, write_body(&mut tls, len))
             .await
             .expect("the body is taken within the linger bounds");
         assert_eq!(sent, (len, None), "{want}: the body is read, not reset");
         let mut raw = Vec::new();
-        let read = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut raw)).await;
+        let read = tokio::time::timeout(HANG, tls.read_to_end(&mut raw)).await;
         assert!(matches!(read, Ok(Ok(_))), "{want}: {read:?}");
         assert_answer(&format!("{want} (sending first)"), &raw, want, message);
     }
@@ -176,7 +179,8 @@ async fn http1_client_sending_everything_first_gets_the_early_answer() {
 }
 
 /// Lingering is bounded: a client that keeps sending is cut off after at
-/// most 16 MiB, one that trickles after at most 5 s; both got their answer.
+/// most 16 MiB, one that trickles is cut off too (at 5 s: when, exactly, is
+/// src/server/linger.rs's paused-time test); both got their answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lingering_is_bounded_in_bytes_and_time() {
     let server = server().await;
@@ -191,9 +195,9 @@ async fn lingering_is_bounded_in_bytes_and_time() {
     let mut raw = Vec::new();
     // The answer is read; the read side ends with the server's close
     // (cleanly, or with a reset once the server gives up on the sender).
-    let _ = tokio::time::timeout(Duration::from_secs(10), r.read_to_end(&mut raw)).await;
+    let _ = tokio::time::timeout(HANG, r.read_to_end(&mut raw)).await;
     assert_answer("endless sender", &raw, 413, "larger than");
-    let (sent, err) = tokio::time::timeout(Duration::from_secs(10), writer)
+    let (sent, err) = tokio::time::timeout(HANG, writer)
         .await
         .expect("cut off")
         .unwrap();
@@ -201,33 +205,25 @@ async fn lingering_is_bounded_in_bytes_and_time() {
     // 16 MiB discarded, plus what the socket buffers of both ends hold.
     assert!(sent < 40 * MIB, "{sent} bytes taken");
 
-    // Trickler: a byte every 300 ms never trips the 1 s pause.
+    // Trickler: a byte every 300 ms never trips the 1 s pause, but is cut
+    // off all the same.
     let mut tls = connect(&server, b"http/1.1").await;
     tls.write_all(head("text/plain", MIB).as_bytes())
         .await
         .unwrap();
     let (mut r, mut w) = tokio::io::split(tls);
-    let start = Instant::now();
     let writer = tokio::spawn(async move {
-        loop {
-            if w.write_all(b" ").await.is_err() || w.flush().await.is_err() {
-                return Instant::now();
-            }
+        while w.write_all(b" ").await.is_ok() && w.flush().await.is_ok() {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     });
     let mut raw = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), r.read_to_end(&mut raw)).await;
+    let _ = tokio::time::timeout(HANG, r.read_to_end(&mut raw)).await;
     assert_answer("trickler", &raw, 415, "Content-Type");
-    let cut = tokio::time::timeout(Duration::from_secs(10), writer)
+    tokio::time::timeout(HANG, writer)
         .await
         .expect("the trickler is cut off")
         .unwrap();
-    let took = cut.duration_since(start);
-    assert!(
-        took >= Duration::from_secs(4) && took < Duration::from_secs(8),
-        "cut off after {took:?}"
-    );
     server.stop().await;
 }
 
@@ -250,7 +246,7 @@ async fn http2_early_answers_are_complete_and_keep_the_connection() {
         let (resp, mut send) = client.send_request(req, false).unwrap();
         // Some of the body, as a client would have sent before the answer.
         let _ = send.send_data(bytes::Bytes::from(vec![b' '; 64 * 1024]), false);
-        let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+        let resp = tokio::time::timeout(HANG, resp)
             .await
             .expect("an answer")
             .unwrap();
@@ -277,7 +273,7 @@ async fn http2_early_answers_are_complete_and_keep_the_connection() {
         .unwrap();
     let (resp, mut send) = client.send_request(req, false).unwrap();
     send.send_data(body.into(), true).unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+    let resp = tokio::time::timeout(HANG, resp)
         .await
         .expect("an answer")
         .unwrap();

@@ -412,19 +412,23 @@ fn check_pod(p: &mut Vec<String>, dep: &Value, c: &Value) {
         selects(&spec["selector"]["matchLabels"], labels),
         "Deployment selector does not match its pods"
     );
-    let anti = array(
-        &pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"],
+    // Spread across nodes for real: a node's loss or drain takes one
+    // replica at most (a preferred anti-affinity does not promise that).
+    let spread = array(&pod["topologySpreadConstraints"]);
+    ensure!(
+        p,
+        spread
+            .iter()
+            .any(|t| t["topologyKey"] == "kubernetes.io/hostname"
+                && t["whenUnsatisfiable"] == "DoNotSchedule"
+                && t["maxSkew"] == 1
+                && selects(&t["labelSelector"]["matchLabels"], labels)),
+        "topology spread across nodes (kubernetes.io/hostname, DoNotSchedule) missing"
     );
     ensure!(
         p,
-        anti.iter().any(
-            |t| t["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
-                && selects(
-                    &t["podAffinityTerm"]["labelSelector"]["matchLabels"],
-                    labels
-                )
-        ),
-        "pod anti-affinity preferring different nodes missing"
+        pod["priorityClassName"] == "system-cluster-critical",
+        "priorityClassName must be system-cluster-critical (every VM start waits for these Pods)"
     );
 
     ensure!(
@@ -960,10 +964,45 @@ fn check_webhooks(p: &mut Vec<String>, objs: &[Value], variant: Variant) {
 }
 
 fn check_cert_manager(p: &mut Vec<String>, objs: &[Value]) {
-    let cert = match one(objs, "Certificate") {
-        Ok(c) => c,
-        Err(e) => return p.push(e),
+    // cert-manager's pattern for webhooks: a self-signed Issuer signs a CA
+    // that keeps its key on renewal, a CA Issuer signs the serving
+    // certificate; a renewal of the latter leaves the trust anchor alone.
+    let certs = all(objs, "Certificate");
+    let (cas, serving): (Vec<&Value>, Vec<&Value>) =
+        certs.iter().partition(|c| c["spec"]["isCA"] == true);
+    let issuer_of = |c: &Value| {
+        all(objs, "Issuer")
+            .into_iter()
+            .find(|i| name_of(i) == c["spec"]["issuerRef"]["name"])
     };
+    let [ca] = cas.as_slice() else {
+        return p.push(format!(
+            "expected one CA Certificate (isCA: true), found {}",
+            cas.len()
+        ));
+    };
+    ensure!(
+        p,
+        ca["spec"]["privateKey"]["rotationPolicy"] == "Never",
+        "the CA Certificate must keep its key on renewal (privateKey.rotationPolicy: Never)"
+    );
+    ensure!(
+        p,
+        issuer_of(ca).is_some_and(|i| i["spec"]["selfSigned"].is_object()),
+        "the CA Certificate must be issued by a selfSigned Issuer of the overlay"
+    );
+    let [cert] = serving.as_slice() else {
+        return p.push(format!(
+            "expected one serving Certificate, found {}",
+            serving.len()
+        ));
+    };
+    let cert = *cert;
+    ensure!(
+        p,
+        issuer_of(cert).is_some_and(|i| i["spec"]["ca"]["secretName"] == ca["spec"]["secretName"]),
+        "the serving Certificate must be issued by a CA Issuer signing with the CA's Secret"
+    );
     ensure!(
         p,
         cert["spec"]["secretName"] == TLS_SECRET,
@@ -1372,11 +1411,20 @@ const BREAKAGES: &[Breakage] = &[
         "at least 2 replicas",
     ),
     (
-        "anti-affinity",
+        "spread",
         |o| {
-            find_mut(o, "Deployment")["spec"]["template"]["spec"]["affinity"] = Value::Null;
+            find_mut(o, "Deployment")["spec"]["template"]["spec"]["topologySpreadConstraints"][0]
+                ["whenUnsatisfiable"] = "ScheduleAnyway".into();
         },
-        "anti-affinity",
+        "topology spread across nodes",
+    ),
+    (
+        "priority",
+        |o| {
+            find_mut(o, "Deployment")["spec"]["template"]["spec"]["priorityClassName"] =
+                Value::Null;
+        },
+        "priorityClassName",
     ),
     (
         "root",
@@ -1501,8 +1549,33 @@ fn cert_manager_checks_catch_missing_injection() {
     webhook(&mut objs, M)["clientConfig"]["caBundle"] = "".into();
     let problems = check(&objs, Variant::CertManager).join("\n");
     assert!(problems.contains("caBundle must be absent"), "{problems}");
-    let mut objs = good;
-    find_mut(&mut objs, "Certificate")["spec"]["secretName"] = "other".into();
+    let mut objs = good.clone();
+    serving_certificate(&mut objs)["spec"]["secretName"] = "other".into();
     let problems = check(&objs, Variant::CertManager).join("\n");
     assert!(problems.contains("must write Secret"), "{problems}");
+    // A self-signed serving certificate (the overlay's former pattern):
+    // every renewal would change the trust anchor.
+    let mut objs = good.clone();
+    serving_certificate(&mut objs)["spec"]["issuerRef"]["name"] =
+        "kubevirt-reboot-webhook-selfsigned".into();
+    let problems = check(&objs, Variant::CertManager).join("\n");
+    assert!(
+        problems.contains("must be issued by a CA Issuer"),
+        "{problems}"
+    );
+    let mut objs = good;
+    for c in objs
+        .iter_mut()
+        .filter(|o| o["kind"] == "Certificate" && o["spec"]["isCA"] == true)
+    {
+        c["spec"]["privateKey"]["rotationPolicy"] = "Always".into();
+    }
+    let problems = check(&objs, Variant::CertManager).join("\n");
+    assert!(problems.contains("keep its key on renewal"), "{problems}");
+}
+
+fn serving_certificate(objs: &mut [Value]) -> &mut Value {
+    objs.iter_mut()
+        .find(|o| o["kind"] == "Certificate" && o["spec"]["isCA"] != true)
+        .expect("a serving Certificate")
 }

@@ -83,7 +83,7 @@ fn owners(endpoint: Endpoint, req: &AdmissionRequest, policy: &Policy) -> Vec<Ow
         found(RunStrategy::Once, false),
         found(RunStrategy::Other, false),
         found(RunStrategy::Other, true),
-        Owner::Gone,
+        Owner::NotFound,
         Owner::Unavailable("connection refused".into()),
     ]
 }
@@ -605,6 +605,11 @@ fn any_request() -> impl Strategy<Value = AdmissionRequest> {
         ("kubevirt.io", "v1", "VirtualMachine"),
         ("kubevirt.io", "v1alpha3", "VirtualMachine"),
         ("kubevirt.io", "v1", "VirtualMachineInstanceReplicaSet"),
+        (
+            "kubevirt.io",
+            "v1alpha3",
+            "VirtualMachineInstanceReplicaSet",
+        ),
         ("pool.kubevirt.io", "v1alpha1", "VirtualMachinePool"),
         ("pool.kubevirt.io", "v1beta1", "VirtualMachinePool"),
         ("apps", "v1", "Deployment"),

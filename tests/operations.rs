@@ -438,15 +438,24 @@ impl Slow {
     }
 }
 
+/// Longest a test waits for an answer that must come: a hang guard, far
+/// above any deadline these tests set, so a loaded machine cannot miss it.
+/// When answers come is checked in paused time next to the code
+/// (src/server/tests.rs), not against this machine's clock.
+const HANG: Duration = Duration::from_secs(60);
+
 #[tokio::test]
 async fn deadline_from_the_api_server_timeout_is_honoured() {
     let flags = standalone_flags();
     let server = TestServer::start(&flags).await;
-    // Half a body, then silence: the answer must come before the API server's 5 s.
+    // Half a body, then silence: answered with a 408 at the server's budget
+    // for the API server's 2 s (0.9 × 2 s - 50 ms = 1.75 s; that the answer
+    // comes exactly then is src/server/tests.rs's
+    // `stalled_bodies_are_answered_at_the_budget_of_their_timeout`).
     let body = sample_review().to_string();
     let mut s = raw_tls(server.addr, &server.certs.ca_pem).await;
     let head = format!(
-        "POST /validate?timeout=5s HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        "POST /validate?timeout=2s HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).await.unwrap();
@@ -454,24 +463,20 @@ async fn deadline_from_the_api_server_timeout_is_honoured() {
         .await
         .unwrap();
     s.flush().await.unwrap();
-    let start = Instant::now();
     let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+    let n = tokio::time::timeout(HANG, s.read(&mut buf))
         .await
         .expect("answered")
         .unwrap();
-    let took = start.elapsed();
     let text = String::from_utf8_lossy(&buf[..n]).to_string();
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
-    // The server's budget is 0.9 × 5 s - 50 ms = 4.45 s: it waits for the
-    // body most of that time (not a quick give-up), and answers with 550 ms
-    // to spare before the API server's own timeout, a band wide enough for
-    // a loaded machine.
-    assert!(
-        took >= Duration::from_secs(4) && took < Duration::from_secs(5),
-        "answered after {took:?}; want the server's 4.45 s budget, before the API server's 5 s"
-    );
     assert!(text.contains("deadline"), "{text}");
+    assert_eq!(
+        server
+            .metric("kubevirt_reboot_webhook_errors_total{class=\"deadline_exceeded\"}")
+            .await,
+        1.0
+    );
     server.stop().await;
 }
 
@@ -497,25 +502,22 @@ async fn in_flight(server: &TestServer) -> f64 {
         .await
 }
 
-/// Sends `body` with the API server's 4 s timeout: it must be answered in
-/// time (a 503 comes at the server's 3.55 s budget, 450 ms before the API
-/// server gives up), with `status` and a body containing `text`.
+/// Sends `body` with the API server's 4 s timeout: it must be answered
+/// with `status` and a body containing `text` (a 503 comes at the server's
+/// 3.55 s budget, before the API server gives up: src/server/tests.rs holds
+/// that in paused time).
 async fn expect_answer(server: &TestServer, body: &str, status: u16, text: &str) {
-    let start = Instant::now();
     let resp = server
         .client
         .post(server.url("/validate?timeout=4s"))
         .header("content-type", "application/json")
         .body(body.to_owned())
-        .send()
+        .send();
+    let resp = tokio::time::timeout(HANG, resp)
         .await
+        .expect("answered")
         .unwrap();
     assert_eq!(resp.status().as_u16(), status);
-    assert!(
-        start.elapsed() < Duration::from_secs(4),
-        "{:?}",
-        start.elapsed()
-    );
     let answer = resp.text().await.unwrap();
     assert!(answer.contains(text), "{answer}");
 }
@@ -584,25 +586,19 @@ async fn slow_headers_and_silent_handshakes_are_cut_off() {
     s.write_all(b"POST /validate HTTP/1.1\r\nHost: localhost\r\n")
         .await
         .unwrap();
-    let start = Instant::now();
+    // Cut off at --header-read-timeout (when: src/server/tests.rs, in
+    // paused time).
     let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf))
+    let _ = tokio::time::timeout(HANG, s.read_to_end(&mut buf))
         .await
         .expect("server closes the connection");
-    assert!(
-        start.elapsed() < Duration::from_secs(3),
-        "closed after {:?}",
-        start.elapsed()
-    );
     // A TCP connection that never starts TLS.
     let mut tcp = TcpStream::connect(server.addr).await.unwrap();
-    let start = Instant::now();
     let mut buf = [0u8; 16];
-    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+    let n = tokio::time::timeout(HANG, tcp.read(&mut buf))
         .await
         .expect("server closes the connection");
     assert!(matches!(n, Ok(0) | Err(_)));
-    assert!(start.elapsed() < Duration::from_secs(3));
     // The server is still fine.
     let (status, _) = server.post("/validate", &sample_review()).await;
     assert_eq!(status, 200);
@@ -648,6 +644,8 @@ struct Proc {
     server: Spawned,
     certs: Certs,
     stderr: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Reads stderr into `stderr` until the process closes it.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -669,7 +667,7 @@ impl Proc {
         let stderr = Arc::new(std::sync::Mutex::new(Vec::new()));
         let lines = stderr.clone();
         let pipe = server.child.stderr.take().unwrap();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for l in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
                 lines.lock().unwrap().push(l);
             }
@@ -678,6 +676,7 @@ impl Proc {
             server,
             certs,
             stderr,
+            reader: Some(reader),
         }
     }
 
@@ -709,6 +708,19 @@ impl Proc {
             lines.iter().any(|l| l.contains("bad admission request"))
         })
         .await;
+    }
+
+    /// Every log line of a process that has exited: read to the end of
+    /// its stderr first, not just as far as the reader thread has got.
+    fn all_logs(&mut self) -> Vec<Value> {
+        assert!(
+            self.child().try_wait().unwrap().is_some(),
+            "all_logs before the process exited"
+        );
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+        self.logs()
     }
 
     fn logs(&self) -> Vec<Value> {
@@ -792,7 +804,7 @@ async fn sigterm_drains_in_flight_requests_and_drops_none() {
     let status = wait_exit(p.child(), Duration::from_secs(10)).expect("exits after draining");
     assert!(status.success(), "{status:?}");
     // Structured logs: the denial was logged at info with uid, kind, object and user.
-    let logs = p.logs();
+    let logs = p.all_logs();
     let denial = logs
         .iter()
         .find(|l| l["message"] == "denied" && l["uid"] == "slow-0")
@@ -991,24 +1003,18 @@ async fn waiting_http2_bodies_do_not_stall_the_admitted_one() {
             .await;
         }
     }
-    let start = Instant::now();
     // Queue the waiting reviews' bodies before the admitted one's.
     for (_, send) in streams.iter_mut().rev() {
         send.send_data(body.clone(), true).unwrap();
     }
+    // A stall lasts until the deadline (8.95 s) and ends in 408s: every
+    // review answered 200 is the proof, whatever the clock says.
     for (resp, _) in streams {
-        let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+        let resp = tokio::time::timeout(HANG, resp)
             .await
             .expect("an answer")
             .unwrap();
         assert_eq!(resp.status().as_u16(), 200);
     }
-    // Together they take milliseconds; a stall lasts until the deadline
-    // (8.95 s) and ends in 408s.
-    assert!(
-        start.elapsed() < Duration::from_secs(4),
-        "{:?}",
-        start.elapsed()
-    );
     server.stop().await;
 }

@@ -81,7 +81,7 @@ fn any_vmi() -> impl Strategy<Value = Value> {
 fn any_owner() -> impl Strategy<Value = Owner> {
     prop_oneof![
         Just(Owner::None),
-        Just(Owner::Gone),
+        Just(Owner::NotFound),
         Just(Owner::Unavailable("connection refused".into())),
         (
             prop_oneof![
@@ -170,7 +170,7 @@ fn expected_mutation(vmi: &Value, owner: &Owner, bootonce: BootOnceMode) -> Opti
         .and_then(|a| a.get(BOOTONCE_ANNOTATION));
     match owner {
         Owner::Unavailable(_) => None,
-        Owner::None | Owner::Gone => Some((want, 0)),
+        Owner::None | Owner::NotFound => Some((want, 0)),
         Owner::Found(vm) if vm.is_bootonce(bootonce) => {
             let mut ops = 0;
             if annotation != Some(&json!("BootOnce")) {
@@ -179,8 +179,12 @@ fn expected_mutation(vmi: &Value, owner: &Owner, bootonce: BootOnceMode) -> Opti
                 let map = meta.entry("annotations").or_insert_with(|| json!({}));
                 map[BOOTONCE_ANNOTATION] = json!("BootOnce");
             }
-            // Present (whatever its value, null included) means not filled.
-            if vmi["spec"]["domain"].get("rebootPolicy").is_none() {
+            // Present means not filled; null is absent (the API server
+            // prunes it).
+            if vmi["spec"]["domain"]
+                .get("rebootPolicy")
+                .is_none_or(Value::is_null)
+            {
                 ops += 1;
                 want["spec"]["domain"]["rebootPolicy"] = json!("Terminate");
             }
@@ -258,7 +262,8 @@ proptest! {
         let enforce = policy_enforce(bootonce);
         let on = Context { policy: &enforce, gate: true };
         let annotation = once["metadata"].get("annotations").and_then(|a| a.get(BOOTONCE_ANNOTATION)).cloned();
-        let rp = once["spec"]["domain"].get("rebootPolicy");
+        // Null is absent (the API server prunes it).
+        let rp = once["spec"]["domain"].get("rebootPolicy").filter(|v| !v.is_null());
         let rp_valid = rp.is_none_or(|v| v == "Reboot" || v == "Terminate");
         let reboot = rp == Some(&json!("Reboot"));
         let v = decide(Endpoint::Validate, &request(once.clone(), controller), on, &owner);
@@ -293,18 +298,20 @@ proptest! {
         let field = "spec.domain.rebootPolicy";
         let mut causes: Vec<(CauseReason, String)> = Vec::new();
         let mut warnings: Vec<String> = Vec::new();
-        if !(rp == "Reboot" || rp == "Terminate") {
+        // Null is absent (the API server prunes it): no rule applies.
+        let present = !rp.is_null();
+        if present && !(rp == "Reboot" || rp == "Terminate") {
             causes.push((
                 CauseReason::FieldValueNotSupported,
                 format!("Unsupported value: {rp}: supported values: \"Reboot\", \"Terminate\""),
             ));
         }
-        if !gate && trusted {
+        if present && !gate && trusted {
             warnings.push(format!(
                 "{field}: rebootPolicy was admitted for a trusted KubeVirt requester although the feature gate {GATE_NAMES} is disabled"
             ));
         }
-        if !gate && !trusted {
+        if present && !gate && !trusted {
             causes.push((
                 CauseReason::FieldValueInvalid,
                 format!(

@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(review) = decode(data) else { return };
     let owners = [
         Owner::None,
-        Owner::Gone,
+        Owner::NotFound,
         Owner::Unavailable("down".into()),
         Owner::Found(VmInfo { uid: None, run_strategy: RunStrategy::BootOnce, annotated: false }),
         Owner::Found(VmInfo { uid: None, run_strategy: RunStrategy::Once, annotated: true }),

@@ -100,6 +100,10 @@ pub(crate) struct Fact<'v> {
     /// The object holding the field, as a key path from the root.
     pub parent: &'static [&'static str],
     pub key: &'static str,
+    /// The value; `None` when the key is missing or null. The API server
+    /// prunes nulls from KubeVirt objects before any webhook sees them, so
+    /// `rebootPolicy: null` and `running: null` are both absent: `check`
+    /// judges a manifest as the cluster will.
     pub value: Option<&'v Value>,
 }
 
@@ -108,7 +112,9 @@ impl<'v> Fact<'v> {
         Fact {
             parent,
             key,
-            value: get(obj, parent).and_then(|p| p.get(key)),
+            value: get(obj, parent)
+                .and_then(|p| p.get(key))
+                .filter(|v| !v.is_null()),
         }
     }
 

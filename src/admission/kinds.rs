@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use super::{OwnerRef, BOOTONCE_ANNOTATION};
+use super::{OwnerRef, BOOTONCE_ANNOTATION, VM_GENERATION_ANNOTATION};
 
 /// A kind this webhook judges; every other kind is allowed untouched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -45,7 +45,9 @@ impl Kind {
         match (group, version, kind) {
             ("kubevirt.io", "v1" | "v1alpha3", "VirtualMachineInstance") => Some(Kind::Vmi),
             ("kubevirt.io", "v1" | "v1alpha3", "VirtualMachine") => Some(Kind::Vm),
-            ("kubevirt.io", "v1", "VirtualMachineInstanceReplicaSet") => Some(Kind::Vmirs),
+            ("kubevirt.io", "v1" | "v1alpha3", "VirtualMachineInstanceReplicaSet") => {
+                Some(Kind::Vmirs)
+            }
             ("pool.kubevirt.io", "v1alpha1" | "v1beta1", "VirtualMachinePool") => Some(Kind::Pool),
             _ => None,
         }
@@ -120,6 +122,15 @@ pub fn annotation<'v>(obj: &'v Value, meta: &[&str]) -> Option<&'v Value> {
     get(obj, meta)?.get("annotations")?.get(BOOTONCE_ANNOTATION)
 }
 
+/// Whether `obj` (an object, or an owner reference: both carry `apiVersion`
+/// and `kind`) names a KubeVirt VirtualMachine, in any `kubevirt.io` version.
+/// The owner lookup and the VM files both ask this.
+pub fn is_kubevirt_vm(obj: &Value) -> bool {
+    let text = |k: &str| obj.get(k).and_then(Value::as_str);
+    text("kind") == Some("VirtualMachine")
+        && text("apiVersion").is_some_and(|v| v.starts_with("kubevirt.io/"))
+}
+
 /// The VMI's controller owner if it is a KubeVirt VirtualMachine.
 pub fn controller_vm_owner(vmi: &Value, request_namespace: Option<&str>) -> Option<OwnerRef> {
     let meta = vmi.get("metadata")?;
@@ -128,19 +139,45 @@ pub fn controller_vm_owner(vmi: &Value, request_namespace: Option<&str>) -> Opti
         .as_array()?
         .iter()
         .find(|o| o.get("controller").and_then(Value::as_bool) == Some(true))?;
-    let api_version = owner.get("apiVersion").and_then(Value::as_str)?;
-    if owner.get("kind").and_then(Value::as_str) != Some("VirtualMachine")
-        || !api_version.starts_with("kubevirt.io/")
-    {
+    if !is_kubevirt_vm(owner) {
         return None;
     }
     let namespace = request_namespace
         .filter(|ns| !ns.is_empty())
         .or_else(|| meta.get("namespace").and_then(Value::as_str))
         .unwrap_or("default");
+    let vm_generation = meta
+        .get("annotations")
+        .and_then(|a| a.get(VM_GENERATION_ANNOTATION))
+        .map(|g| g.as_str().and_then(|g| g.parse().ok()).unwrap_or(i64::MAX));
     Some(OwnerRef {
         namespace: namespace.to_owned(),
         name: owner.get("name").and_then(Value::as_str)?.to_owned(),
         uid: owner.get("uid").and_then(Value::as_str).map(str::to_owned),
+        vm_generation,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn kubevirt_vms_in_any_kubevirt_io_version() {
+        #[rustfmt::skip]
+        let rows = [
+            (json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine"}), true),
+            (json!({"apiVersion": "kubevirt.io/v1alpha3", "kind": "VirtualMachine"}), true),
+            (json!({"apiVersion": "pool.kubevirt.io/v1alpha1", "kind": "VirtualMachine"}), false),
+            (json!({"apiVersion": "example.com/v1", "kind": "VirtualMachine"}), false),
+            (json!({"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance"}), false),
+            (json!({"kind": "VirtualMachine"}), false),
+            (json!({"apiVersion": 1, "kind": "VirtualMachine"}), false),
+        ];
+        for (obj, want) in rows {
+            assert_eq!(is_kubevirt_vm(&obj), want, "{obj}");
+        }
+    }
 }

@@ -17,7 +17,7 @@ pub mod review;
 mod validate;
 
 pub use facts::{bootonce_form, BootOnceForm, RunStrategy, VmInfo};
-pub use kinds::{Kind, Layout};
+pub use kinds::{is_kubevirt_vm, Kind, Layout};
 pub use review::{AdmissionRequest, DecodeError, Operation};
 
 use std::collections::{BTreeMap, HashSet};
@@ -27,6 +27,9 @@ use std::time::Duration;
 pub const BOOTONCE_ANNOTATION: &str = "runstrategy.kubevirt.io";
 /// The only value the reserved annotation may hold.
 pub const BOOTONCE: &str = "BootOnce";
+/// Set by virt-controller on every VMI it creates: the `metadata.generation`
+/// of the VM it built the VMI from.
+pub const VM_GENERATION_ANNOTATION: &str = "kubevirt.io/vm-generation";
 /// The VEP's name of the feature gate.
 pub const GATE: &str = "RecreateVMIOnReboot";
 /// Upstream KubeVirt's name of the same gate.
@@ -115,6 +118,12 @@ pub struct OwnerRef {
     pub namespace: String,
     pub name: String,
     pub uid: Option<String>,
+    /// The VMI's [`VM_GENERATION_ANNOTATION`]: an owner read from a cache
+    /// must be at least this generation. `None` without the annotation
+    /// (older KubeVirt, or a VMI not created by virt-controller); a value
+    /// that is not a number reads as `i64::MAX`, which no cached VM reaches,
+    /// so the API answers.
+    pub vm_generation: Option<i64>,
 }
 
 /// The result of resolving a VMI's controller owner.
@@ -124,8 +133,10 @@ pub enum Owner {
     None,
     /// The owner VM exists and its uid matches.
     Found(VmInfo),
-    /// The owner VM does not exist, or its uid differs (it was re-created).
-    Gone,
+    /// No VM as the reference names it: the API server (or the files) has
+    /// no VM of that name, or one with another uid (deleted and
+    /// re-created). A cache that disagrees is not enough to say so.
+    NotFound,
     /// The owner could not be read; the string says why.
     Unavailable(String),
 }

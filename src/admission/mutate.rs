@@ -42,7 +42,7 @@ fn stamp_vmi(vmi: &Value, ctx: Context<'_>, owner: &Owner) -> Verdict {
             action = "unstamped";
             p.remove(vmi, &["metadata", "annotations"], BOOTONCE_ANNOTATION)
         }
-        Owner::None | Owner::Gone => {}
+        Owner::None | Owner::NotFound => {}
         Owner::Unavailable(why) => verdict.causes.push(Cause {
             reason: CauseReason::InternalError,
             field: "metadata.ownerReferences".into(),

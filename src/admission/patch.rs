@@ -62,11 +62,12 @@ impl PatchBuilder {
         }
     }
 
-    /// Ensures `obj[path..][key]` exists, setting `value` only when absent.
+    /// Ensures `obj[path..][key]` exists, setting `value` only when absent
+    /// or null (as the rules read it: see `facts::Fact::value`).
     pub fn set_default(&mut self, obj: &Value, path: &[&str], key: &str, value: Value) {
         let present = super::kinds::get(obj, path)
             .and_then(|m| m.get(key))
-            .is_some();
+            .is_some_and(|v| !v.is_null());
         if !present {
             self.set(obj, path, key, value);
         }

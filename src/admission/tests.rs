@@ -242,8 +242,6 @@ fn validation_rules_on_create() {
             Expect { causes: &[(TMPL_RP, FieldValueNotSupported, r#"Unsupported value: "terminate": supported values: "Reboot", "Terminate""#)], warnings: &[] }),
         ("VM number value", Kind::Vm, vm(None, Some(json!(5))), true, USER,
             Expect { causes: &[(TMPL_RP, FieldValueNotSupported, "Unsupported value: 5")], warnings: &[] }),
-        ("VM null value", Kind::Vm, vm(None, Some(Value::Null)), true, USER,
-            Expect { causes: &[(TMPL_RP, FieldValueNotSupported, "Unsupported value: null")], warnings: &[] }),
         ("VM object value", Kind::Vm, vm(None, Some(json!({"a": 1}))), true, USER,
             Expect { causes: &[(TMPL_RP, FieldValueNotSupported, "Unsupported value: {")], warnings: &[] }),
         ("bad value and gate off: both causes", Kind::Vm, vm(None, Some(json!("Off"))), false, USER,
@@ -299,6 +297,34 @@ fn validation_rules_on_create() {
         let req = create(kind, user, obj);
         let v = validate(&p, &req, gate, &Owner::None);
         check_row(name, &v, &want);
+    }
+}
+
+/// One rule for null, whatever the field: the API server prunes nulls from
+/// KubeVirt objects before the webhook sees them, so a null value is judged
+/// as absent (what `check` sees of a manifest is what the cluster admits).
+#[test]
+fn null_is_absent_for_every_field() {
+    let p = policy(Mode::Enforce, BootOnceMode::Native);
+    let mut running_null = vm(Some("BootOnce"), None);
+    running_null["spec"]["running"] = Value::Null;
+    let mut pool_running_null = pool(Some("BootOnce"), None);
+    pool_running_null["spec"]["virtualMachineTemplate"]["spec"]["running"] = Value::Null;
+    #[rustfmt::skip]
+    let rows: Vec<(&str, Kind, Value, bool)> = vec![
+        ("VM rebootPolicy null, gate on", Kind::Vm, vm(Some("Always"), Some(Value::Null)), true),
+        ("VM rebootPolicy null, gate off", Kind::Vm, vm(Some("Always"), Some(Value::Null)), false),
+        ("VMI rebootPolicy null, gate off", Kind::Vmi, with_null_reboot_policy(vmi(None, None, false)), false),
+        ("VM runStrategy null, gate off", Kind::Vm, vm(None, None), false),
+        ("BootOnce VM with running null", Kind::Vm, running_null, true),
+        ("BootOnce pool with running null", Kind::Pool, pool_running_null, true),
+    ];
+    for (name, kind, mut obj, gate) in rows {
+        if name.contains("runStrategy null") {
+            obj["spec"]["runStrategy"] = Value::Null;
+        }
+        let v = validate(&p, &create(kind, USER, obj), gate, &Owner::None);
+        check_row(name, &v, &ALLOW);
     }
 }
 
@@ -404,7 +430,7 @@ fn reserved_annotation_on_vmi_create() {
             Expect { causes: &[("metadata.annotations", FieldValueForbidden, "controller owner is a VirtualMachine with runStrategy BootOnce")], warnings: &[] }),
         ("no owner", vmi(None, Some("BootOnce"), false), USER, Owner::None,
             Expect { causes: &[("metadata.annotations", FieldValueForbidden, "reserved for VMIs whose controller owner is a VirtualMachine with runStrategy BootOnce; remove it")], warnings: &[] }),
-        ("owner gone", vmi(None, Some("BootOnce"), true), USER, Owner::Gone,
+        ("owner gone", vmi(None, Some("BootOnce"), true), USER, Owner::NotFound,
             Expect { causes: &[("metadata.annotations", FieldValueForbidden, "reserved")], warnings: &[] }),
         ("owner unreadable", vmi(None, Some("BootOnce"), true), USER, Owner::Unavailable("API down".into()),
             Expect { causes: &[("metadata.annotations", InternalError, "retry")], warnings: &[] }),
@@ -427,6 +453,31 @@ fn reserved_annotation_on_vmi_create() {
     }
 }
 
+/// The owner reference carries the VMI's kubevirt.io/vm-generation, which
+/// the owner cache must reach; without it, the cache answers as before; a
+/// value that is not a number can never be reached (the API answers).
+#[test]
+fn owner_reference_carries_the_vms_generation() {
+    let p = policy(Mode::Enforce, BootOnceMode::Native);
+    for (annotation, want) in [
+        (None, None),
+        (Some(json!("7")), Some(7)),
+        (Some(json!("0")), Some(0)),
+        (Some(json!("seven")), Some(i64::MAX)),
+        (Some(json!("")), Some(i64::MAX)),
+        (Some(json!(7)), Some(i64::MAX)),
+        (Some(json!("99999999999999999999")), Some(i64::MAX)),
+    ] {
+        let mut obj = vmi(None, None, true);
+        if let Some(a) = &annotation {
+            obj["metadata"]["annotations"] = json!({ "kubevirt.io/vm-generation": a });
+        }
+        let req = create(Kind::Vmi, CONTROLLER, obj);
+        let got = owner_to_resolve(Endpoint::Mutate, &req, &p).map(|o| o.vm_generation);
+        assert_eq!(got, Some(want), "{annotation:?}");
+    }
+}
+
 #[test]
 fn owner_is_resolved_only_when_needed() {
     let p = policy(Mode::Enforce, BootOnceMode::Native);
@@ -434,6 +485,7 @@ fn owner_is_resolved_only_when_needed() {
         namespace: "ns".into(),
         name: "x".into(),
         uid: Some("vm-uid".into()),
+        vm_generation: None,
     });
     let req = create(Kind::Vmi, USER, vmi(None, None, true));
     assert_eq!(owner_to_resolve(Endpoint::Mutate, &req, &p), want);
@@ -639,12 +691,12 @@ fn mutation_of_vmi_create() {
         ("not BootOnce: forged annotation removed", vmi(None, Some("BootOnce"), true), owner(RunStrategy::Other, false),
             Some(json!({})), None, 1),
         ("not BootOnce, clean: nothing", vmi(None, None, true), owner(RunStrategy::Other, false), None, None, 0),
-        ("owner gone: nothing", vmi(None, Some("BootOnce"), true), Owner::Gone,
+        ("owner gone: nothing", vmi(None, Some("BootOnce"), true), Owner::NotFound,
             Some(json!({BOOTONCE_ANNOTATION: "BootOnce"})), None, 0),
         ("no owner: nothing", vmi(None, None, false), Owner::None, None, None, 0),
         ("compat owner ignored in native mode", vmi(None, None, true), owner(RunStrategy::Once, true), None, None, 0),
-        ("rebootPolicy null is present, so not filled", with_null_reboot_policy(vmi(None, None, true)), owner(RunStrategy::BootOnce, false),
-            Some(json!({BOOTONCE_ANNOTATION: "BootOnce"})), Some(Value::Null), 1),
+        ("rebootPolicy null is absent, so filled", with_null_reboot_policy(vmi(None, None, true)), owner(RunStrategy::BootOnce, false),
+            Some(json!({BOOTONCE_ANNOTATION: "BootOnce"})), Some(json!("Terminate")), 2),
     ];
     for (name, obj, own, want_ann, want_rp, ops) in rows {
         let req = create(Kind::Vmi, CONTROLLER, obj.clone());
@@ -679,11 +731,7 @@ fn mutation_of_vmi_create() {
         // The stamped VMI passes validation (by the controller that creates it, and by a user when owner is BootOnce).
         let check = create(Kind::Vmi, USER, after);
         if matches!(own, Owner::Found(ref vm) if vm.is_bootonce(BootOnceMode::Native))
-            && !matches!(
-                name,
-                "BootOnce owner keeps Reboot (validation denies it)"
-                    | "rebootPolicy null is present, so not filled"
-            )
+            && name != "BootOnce owner keeps Reboot (validation denies it)"
         {
             assert!(validate(&p, &check, true, &own).allowed(), "{name}");
         }

@@ -227,9 +227,7 @@ fn bootonce_conflicts(j: &mut Judge<'_>) {
         return;
     }
     let running = j.facts.running;
-    if let Some((f, value)) =
-        running.and_then(|r| Some((r.field(), r.value.filter(|v| !v.is_null())?)))
-    {
+    if let Some((f, value)) = running.and_then(|r| Some((r.field(), r.value?))) {
         j.deny(
             CauseReason::FieldValueInvalid,
             f.clone(),

@@ -3,6 +3,7 @@
 
 pub mod kubevirt_gate;
 pub mod vm_cache;
+mod watch;
 
 use std::time::Duration;
 
@@ -27,7 +28,9 @@ use tower::BoxError;
 /// than [`MAX_RECONNECT_DELAY`]. While the API is down this costs it one
 /// failed list or watch call per replica and watch every 1.5-3 s, which is
 /// cheap next to the one relist that succeeds. `tests/cluster.rs`
-/// (`failing_watches_retry_on_the_short_backoff`) holds both bounds.
+/// (`failing_watches_retry_on_the_short_backoff`) holds that the delays
+/// grow; `make bench-scale` (`watches_recover_promptly_after_an_outage`)
+/// that they stay short.
 pub fn reconnect_backoff() -> backon::ExponentialBuilder {
     backon::ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(200))

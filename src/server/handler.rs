@@ -140,7 +140,7 @@ fn request_timeout(query: Option<&str>) -> Option<Duration> {
     let value = query?
         .split('&')
         .find_map(|kv| kv.strip_prefix("timeout="))?;
-    crate::cli::parse_go_duration(value)
+    crate::values::parse_go_duration(value)
 }
 
 #[cfg(test)]

@@ -30,11 +30,11 @@ pub struct Limits {
     /// Bytes of request bodies read or judged at once (by Content-Length);
     /// more wait unread. Bounds the memory large objects can take. A body
     /// without Content-Length counts as the whole budget.
-    #[arg(long, env = "REBOOT_WEBHOOK_MAX_BODY_BYTES_IN_FLIGHT", default_value = "16Mi", value_parser = crate::cli::byte_size)]
+    #[arg(long, env = "REBOOT_WEBHOOK_MAX_BODY_BYTES_IN_FLIGHT", default_value = "16Mi", value_parser = crate::values::byte_size)]
     pub max_body_bytes_in_flight: usize,
     /// Time a client has to send the request headers (HTTP/1.1) and to finish
     /// the TLS handshake.
-    #[arg(long, env = "REBOOT_WEBHOOK_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = crate::cli::duration)]
+    #[arg(long, env = "REBOOT_WEBHOOK_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = crate::values::duration)]
     pub header_read_timeout: Duration,
     /// Used when the API server sends no `?timeout=`.
     #[arg(skip = Duration::from_secs(10))]

@@ -20,8 +20,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
+use tokio::time::{timeout_at, Instant};
 use tokio_rustls::server::TlsStream;
 
 /// Longest a connection lingers after its answer (nginx's `lingering_time`
@@ -144,22 +144,104 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Returning<S> {
 /// closes its side, pauses for [`LINGER_IDLE`], or [`LINGER_TIME`] or
 /// [`LINGER_BYTES`] run out; returns the bytes discarded. Dropping the
 /// stream afterwards closes the socket.
-pub async fn linger(mut tls: TlsStream<TcpStream>) -> u64 {
+pub async fn linger<S: AsyncRead + AsyncWrite + Unpin>(mut tls: TlsStream<S>) -> u64 {
+    let deadline = Instant::now() + LINGER_TIME;
+    // hyper has normally sent close_notify and the FIN already; this
+    // covers the paths where it gave up before.
+    if timeout_at(deadline, tls.shutdown()).await.is_err() {
+        return 0;
+    }
+    // The client's leftovers are not decrypted: read the TCP stream.
+    discard(tls.get_mut().0, deadline).await
+}
+
+/// Reads and throws away what `client` sends until it closes, pauses for
+/// [`LINGER_IDLE`], `deadline` passes or [`LINGER_BYTES`] were read;
+/// returns the bytes read.
+async fn discard<R: AsyncRead + Unpin>(client: &mut R, deadline: Instant) -> u64 {
     let mut discarded = 0u64;
-    let work = async {
-        // hyper has normally sent close_notify and the FIN already; this
-        // covers the paths where it gave up before.
-        let _ = tls.shutdown().await;
-        // The client's leftovers are not decrypted: read the TCP stream.
-        let tcp = tls.get_mut().0;
-        let mut buf = vec![0u8; 16 * 1024];
-        while discarded < LINGER_BYTES {
-            match tokio::time::timeout(LINGER_IDLE, tcp.read(&mut buf)).await {
-                Ok(Ok(n)) if n > 0 => discarded += n as u64,
-                _ => break,
-            }
+    let mut buf = vec![0u8; 16 * 1024];
+    while discarded < LINGER_BYTES {
+        let idle = (Instant::now() + LINGER_IDLE).min(deadline);
+        match timeout_at(idle, client.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => discarded += n as u64,
+            _ => break,
         }
-    };
-    let _ = tokio::time::timeout(LINGER_TIME, work).await;
+    }
     discarded
+}
+
+/// The bounds in paused time (tokio's clock moves only when every task
+/// waits, so they come out exact on any machine), over an in-memory stream.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Discards what `client` sends, from now until [`LINGER_TIME`]; returns
+    /// the bytes discarded and how long it took. Fails if that goes on past
+    /// every bound (in paused time, at once).
+    async fn linger_on<F>(client: impl FnOnce(tokio::io::DuplexStream) -> F) -> (u64, Duration)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (theirs, mut ours) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(client(theirs));
+        let start = Instant::now();
+        let discarded =
+            tokio::time::timeout(4 * LINGER_TIME, discard(&mut ours, start + LINGER_TIME))
+                .await
+                .expect("lingering ends");
+        (discarded, start.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trickling_client_is_cut_off_at_linger_time() {
+        // A byte every 300 ms never pauses for LINGER_IDLE.
+        let (discarded, took) = linger_on(|mut c| async move {
+            while c.write_all(b" ").await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+        .await;
+        assert_eq!(took, LINGER_TIME);
+        assert_eq!(discarded, 17, "bytes at 0, 0.3, ..., 4.8 s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_pauses_is_cut_off_after_linger_idle() {
+        let (discarded, took) = linger_on(|mut c| async move {
+            c.write_all(&[0; 100]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            c.write_all(&[0; 100]).await.unwrap();
+            // Silent, but the connection stays open.
+            std::future::pending::<()>().await;
+        })
+        .await;
+        assert_eq!(took, Duration::from_millis(700) + LINGER_IDLE);
+        assert_eq!(discarded, 200);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_closes_ends_lingering_at_once() {
+        let (discarded, took) = linger_on(|mut c| async move {
+            c.write_all(&[0; 1000]).await.unwrap();
+        })
+        .await;
+        assert_eq!(took, Duration::ZERO);
+        assert_eq!(discarded, 1000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_keeps_sending_is_cut_off_after_linger_bytes() {
+        let (discarded, took) = linger_on(|mut c| async move {
+            let chunk = vec![0u8; 64 * 1024];
+            while c.write_all(&chunk).await.is_ok() {}
+        })
+        .await;
+        assert_eq!(took, Duration::ZERO, "cut off by bytes, not by time");
+        assert!(
+            (LINGER_BYTES..LINGER_BYTES + 16 * 1024).contains(&discarded),
+            "{discarded}"
+        );
+    }
 }

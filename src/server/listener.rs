@@ -25,6 +25,7 @@ use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, Semaphore};
 use tokio_rustls::TlsAcceptor;
@@ -59,7 +60,7 @@ pub struct Shutdown {
         value_name = "SHUTDOWN_DELAY",
         env = "REBOOT_WEBHOOK_SHUTDOWN_DELAY",
         default_value = "5s",
-        value_parser = crate::cli::duration
+        value_parser = crate::values::duration
     )]
     pub delay: Duration,
     /// Longest wait for in-flight requests after the delay.
@@ -68,7 +69,7 @@ pub struct Shutdown {
         value_name = "DRAIN_TIMEOUT",
         env = "REBOOT_WEBHOOK_DRAIN_TIMEOUT",
         default_value = "25s",
-        value_parser = crate::cli::duration
+        value_parser = crate::values::duration
     )]
     pub drain: Duration,
 }
@@ -132,15 +133,18 @@ pub async fn serve_tls(
 /// One connection: the TLS handshake within `--header-read-timeout`, then
 /// HTTP/1.1 or HTTP/2 by ALPN until either side closes or shutdown closes
 /// it gracefully (see the module doc); then the lingering close when an
-/// answer left a request body unread, or shutdown closed it.
-async fn serve_connection(
-    tcp: TcpStream,
+/// answer left a request body unread, or shutdown closed it. (A TCP stream
+/// in the server; any stream in tests.)
+pub(super) async fn serve_connection<S>(
+    tcp: S,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
     app: Router,
     state: &AppState,
     closing: &Closing,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let stream =
         match tokio::time::timeout(state.limits.header_read_timeout, acceptor.accept(tcp)).await {
             Ok(Ok(s)) => s,
@@ -221,7 +225,7 @@ async fn serve_connection(
 }
 
 /// The HTTP/1.1 and HTTP/2 settings of every connection.
-fn http(limits: &Limits) -> auto::Builder<TokioExecutor> {
+pub(super) fn http(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()

@@ -10,6 +10,8 @@ mod handler;
 mod limits;
 mod linger;
 mod listener;
+#[cfg(test)]
+mod tests;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -27,7 +27,9 @@
 //!
 //! Faults: [`FakeApi::set_down`] (503 for everything, or connections dropped),
 //! [`FakeApi::hold_lists`] (lists wait), [`FakeApi::fail_lists`] (lists get an
-//! error status), [`FakeApi::expire_watches`] (410 on open watches),
+//! error status), [`FakeApi::fail_gets`] (GETs get one),
+//! [`FakeApi::expire_watches`] (410 on open watches), [`FakeApi::hold_events`]
+//! (changes are stored and read by GET, but watchers see them only later),
 //! [`FakeApi::streaming_lists`] (refused as by an API server without the
 //! WatchList feature, or ended before their end marker).
 
@@ -107,6 +109,9 @@ pub struct Seen {
     pub path: String,
     pub query: String,
     pub status: u16,
+    /// When it arrived: the gaps between a client's retries are at least
+    /// its delays, however loaded the machine.
+    pub at: std::time::Instant,
 }
 
 /// How the fake answers while it is "down".
@@ -180,6 +185,8 @@ struct Collection {
     gone_next: usize,
     snapshots: HashMap<u64, Arc<Snapshot>>,
     snapshot_order: VecDeque<u64>,
+    /// While events are held: the object events not sent yet, oldest first.
+    held: Option<Vec<Ev>>,
 }
 
 impl Collection {
@@ -194,10 +201,15 @@ impl Collection {
             gone_next: 0,
             snapshots: HashMap::new(),
             snapshot_order: VecDeque::new(),
+            held: None,
         }
     }
 
     fn push(&mut self, ev: Ev) {
+        if let (Some(held), EvKind::Object { .. }) = (&mut self.held, &ev.what) {
+            held.push(ev);
+            return;
+        }
         let ev = Arc::new(ev);
         if matches!(ev.what, EvKind::Object { .. }) {
             self.history.push_back(ev.clone());
@@ -230,6 +242,7 @@ struct Control {
     hold: watch::Sender<bool>,
     fail: Mutex<Option<u16>>,
     streaming: Mutex<Streaming>,
+    fail_gets: Mutex<Option<u16>>,
     open_watches: AtomicUsize,
 }
 
@@ -300,6 +313,7 @@ impl FakeApi {
             hold: watch::channel(false).0,
             fail: Mutex::new(None),
             streaming: Mutex::new(Streaming::Served),
+            fail_gets: Mutex::new(None),
             open_watches: AtomicUsize::new(0),
         };
         let inner = Arc::new(Inner {
@@ -559,6 +573,28 @@ impl FakeApi {
         *self.inner.control(r).streaming.lock_unpoisoned() = how;
     }
 
+    /// While set, GETs of single objects of `r` get this status code.
+    pub fn fail_gets(&self, r: Res, code: Option<u16>) {
+        *self.inner.control(r).fail_gets.lock_unpoisoned() = code;
+    }
+
+    /// While on, changes of `r` are stored (GET returns them at once) but
+    /// their watch events wait, and so do bookmarks; turning it off sends
+    /// them in order. As a watch that is behind: another client (KubeVirt's
+    /// controller) may act on a change before this watcher sees it.
+    pub fn hold_events(&self, r: Res, on: bool) {
+        let mut store = self.inner.store();
+        let col = store.col(r);
+        match (on, col.held.take()) {
+            (true, held) => col.held = Some(held.unwrap_or_default()),
+            (false, held) => {
+                for ev in held.unwrap_or_default() {
+                    col.push(ev);
+                }
+            }
+        }
+    }
+
     /// The next watch request on `r` gets a 410 ERROR event ("too old
     /// resource version"), so the client relists.
     pub fn force_gone_next_watch(&self, r: Res) {
@@ -683,11 +719,15 @@ async fn bookmark_loop(inner: Arc<Inner>, every: Duration) {
         let mut store = inner.store();
         let rv = store.rv;
         for r in Res::ALL {
-            store.col(r).push(Ev {
-                rv,
-                what: EvKind::Bookmark,
-                line: bookmark_line(r, rv, false),
-            });
+            let col = store.col(r);
+            // A bookmark past a held event would tell watchers they have it.
+            if col.held.is_none() {
+                col.push(Ev {
+                    rv,
+                    what: EvKind::Bookmark,
+                    line: bookmark_line(r, rv, false),
+                });
+            }
         }
     }
 }
@@ -753,7 +793,17 @@ async fn handle(
                 "NotFound",
                 format!("the server could not find the requested resource ({path})"),
             ),
-            Some(Target::Object { res, ns, name }) => get_object(&inner, res, &ns, &name),
+            Some(Target::Object { res, ns, name }) => {
+                let fail = *inner.control(res).fail_gets.lock_unpoisoned();
+                match fail {
+                    Some(code) => status(
+                        code,
+                        "InternalError",
+                        "get failed (injected by the test)".into(),
+                    ),
+                    None => get_object(&inner, res, &ns, &name),
+                }
+            }
             Some(Target::Collection { res, ns }) if streaming => {
                 record(&inner, verb, Some(res), &path, &query, 0);
                 return streaming_list(&inner, res, ns, &q).await;
@@ -777,6 +827,7 @@ fn record(inner: &Inner, verb: Verb, res: Option<Res>, path: &str, query: &str, 
         path: path.to_owned(),
         query: query.to_owned(),
         status,
+        at: std::time::Instant::now(),
     });
 }
 
@@ -1023,8 +1074,12 @@ fn start_watch(
     let in_ns = |n: &str| ns.as_deref().is_none_or(|want| want == n);
 
     let mut store = inner.store();
-    let current = store.rv;
+    let latest = store.rv;
     let col = store.col(res);
+    // A watch opened while events are held starts before them.
+    let current = (col.held.as_ref())
+        .and_then(|h| h.first())
+        .map_or(latest, |ev| ev.rv - 1);
     let mut pending = VecDeque::new();
     match from {
         Some(rv) if col.gone_next > 0 || rv < col.compacted => {
@@ -1090,8 +1145,13 @@ pub fn uid(i: u64) -> String {
     )
 }
 
+/// The `metadata.generation` of [`realistic_vm`]s.
+pub const REALISTIC_VM_GENERATION: i64 = 3;
+
 /// The AdmissionReview virt-controller sends when it creates the VMI of VM
-/// `owner` (controlled by it, about 1 KB); `n` makes the review's uid unique.
+/// `owner` (controlled by it, about 1 KB), built from the VM at
+/// [`REALISTIC_VM_GENERATION`] (`kubevirt.io/vm-generation`; see
+/// [`built_from`]); `n` makes the review's uid unique.
 pub fn realistic_vmi_create(ns: &str, owner: &str, owner_uid: &str, n: u64) -> Value {
     json!({
         "apiVersion": "admission.k8s.io/v1",
@@ -1106,6 +1166,7 @@ pub fn realistic_vmi_create(ns: &str, owner: &str, owner_uid: &str, n: u64) -> V
             "object": {
                 "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
                 "metadata": {"name": owner, "namespace": ns, "labels": {"kubevirt.io/vm": owner},
+                    "annotations": {"kubevirt.io/vm-generation": REALISTIC_VM_GENERATION.to_string()},
                     "ownerReferences": [{"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
                         "name": owner, "uid": owner_uid, "controller": true, "blockOwnerDeletion": true}]},
                 "spec": {"domain": {"devices": {"disks": [{"name": "root", "disk": {"bus": "virtio"}}]},
@@ -1114,6 +1175,31 @@ pub fn realistic_vmi_create(ns: &str, owner: &str, owner_uid: &str, n: u64) -> V
             }
         }
     })
+}
+
+/// `review` (a VMI CREATE) as built from the VM at `generation`
+/// (`kubevirt.io/vm-generation`), or, with `None`, without the annotation,
+/// as from a KubeVirt that does not set it.
+pub fn built_from(mut review: Value, generation: Option<i64>) -> Value {
+    let meta = &mut review["request"]["object"]["metadata"];
+    match generation {
+        Some(g) => meta["annotations"]["kubevirt.io/vm-generation"] = json!(g.to_string()),
+        None => {
+            if let Some(a) = meta["annotations"].as_object_mut() {
+                a.remove("kubevirt.io/vm-generation");
+            }
+        }
+    }
+    review
+}
+
+/// `vm` (from [`realistic_vm`]) at `generation`, as the API server counts
+/// spec changes.
+pub fn at_generation(mut vm: Value, generation: i64) -> Value {
+    vm["metadata"]["generation"] = json!(generation);
+    vm["status"]["observedGeneration"] = json!(generation);
+    vm["status"]["desiredGeneration"] = json!(generation);
+    vm
 }
 
 /// A VirtualMachine as a real cluster returns it (~3 KB of JSON): labels,
@@ -1170,7 +1256,7 @@ pub fn realistic_vm(ns: &str, name: &str, uid: &str, run_strategy: &str) -> Valu
             "namespace": ns,
             "uid": uid,
             "resourceVersion": "1",
-            "generation": 3,
+            "generation": REALISTIC_VM_GENERATION,
             "creationTimestamp": "2025-03-14T09:26:53Z",
             "labels": labels,
             "annotations": {

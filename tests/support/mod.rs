@@ -348,10 +348,12 @@ pub fn decoded_patch(response: &Value) -> Result<Option<Value>, String> {
         .map_err(|e| format!("patch is not JSON: {e}"))
 }
 
-/// The patch that stamps the VMI of a BootOnce VM.
+/// The patch that stamps the VMI of a BootOnce VM as virt-controller
+/// creates it ([`fake_api::realistic_vmi_create`]: with annotations, so the
+/// reserved one is added to them).
 pub fn bootonce_stamp() -> Value {
     serde_json::json!([
-        {"op": "add", "path": "/metadata/annotations", "value": {"runstrategy.kubevirt.io": "BootOnce"}},
+        {"op": "add", "path": "/metadata/annotations/runstrategy.kubevirt.io", "value": "BootOnce"},
         {"op": "add", "path": "/spec/domain/rebootPolicy", "value": "Terminate"}
     ])
 }

@@ -2,8 +2,11 @@
 //! (built by `make helm` from e2e/helm at its pinned version), kubectl and
 //! promtool.
 //!
-//! A missing program skips the test with a note locally, and fails it in CI
-//! (`CI=true`), where .ci/run installs all three.
+//! A missing program skips the test locally, and fails it in CI
+//! (`CI=true`), where .ci/run installs all three. A skip is reported where a
+//! person sees it: `make test` sets `KRW_TEST_SKIPS` to a file, each skip
+//! adds a line to it (test, program, how to get it), and the Makefile ends
+//! with a line naming what was skipped and why.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,14 +27,51 @@ fn in_ci() -> bool {
     })
 }
 
-/// The program, or `None` (after a note) when it is missing outside CI.
+/// The program, or `None` (after recording the skip) when it is missing
+/// outside CI.
 fn found(name: &str, path: Option<PathBuf>, how: &str) -> Option<PathBuf> {
     if let Some(p) = path {
         return Some(p);
     }
     assert!(!in_ci(), "{name} is needed in CI and was not found: {how}");
-    println!("note: {name} not found ({how}); skipping");
+    record_skip(&format!("{name} not found ({how})"));
     None
+}
+
+/// The running test as `binary::test`: libtest names each test's thread
+/// after the test; the binary is `NAME-HASH`.
+fn current_test() -> String {
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem()?.to_str().map(str::to_owned))
+        .map(|stem| match stem.rsplit_once('-') {
+            Some((name, _hash)) => name.to_owned(),
+            None => stem,
+        })
+        .unwrap_or_else(|| "?".into());
+    let thread = std::thread::current();
+    format!("{binary}::{}", thread.name().unwrap_or("?"))
+}
+
+/// Notes on stdout (seen with `--nocapture`) that this test skipped its
+/// checks, and appends `TEST<tab>WHY` to the file `KRW_TEST_SKIPS` names, for
+/// `make test` to report.
+pub fn record_skip(why: &str) {
+    let test = current_test();
+    println!("note: {why}; skipping {test}");
+    let Some(file) = std::env::var_os("KRW_TEST_SKIPS").filter(|v| !v.is_empty()) else {
+        return;
+    };
+    // One write of one short line: appends from parallel tests do not mix.
+    let line = format!("{test}\t{why}\n");
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&file)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+    if let Err(e) = written {
+        panic!("recording the skip in {}: {e}", Path::new(&file).display());
+    }
 }
 
 fn on_path(name: &str) -> Option<PathBuf> {

@@ -263,53 +263,61 @@ func inject(ctx context.Context, kube kubernetes.Interface, ns string, issued ma
 		}
 		return changed
 	}
-	var done []string
+	// Both kinds of webhook configuration, each with its clientConfigs and
+	// how to write it back.
+	type target struct {
+		name        string
+		annotations map[string]string
+		configs     []*admissionregistrationv1.WebhookClientConfig
+		update      func() error
+	}
+	var targets []target
 	ar := kube.AdmissionregistrationV1()
 	mutating, err := ar.MutatingWebhookConfigurations().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return nil, err
 	}
-	for _, w := range mutating.Items {
-		ca, err := caOf(w.Annotations)
-		if err != nil {
-			return done, err
+	for i := range mutating.Items {
+		w := &mutating.Items[i]
+		t := target{name: "mutatingwebhookconfiguration/" + w.Name, annotations: w.Annotations,
+			update: func() error {
+				_, err := ar.MutatingWebhookConfigurations().Update(ctx, w, metav1.UpdateOptions{})
+				return err
+			}}
+		for j := range w.Webhooks {
+			t.configs = append(t.configs, &w.Webhooks[j].ClientConfig)
 		}
-		if ca == nil {
-			continue
-		}
-		var configs []*admissionregistrationv1.WebhookClientConfig
-		for i := range w.Webhooks {
-			configs = append(configs, &w.Webhooks[i].ClientConfig)
-		}
-		if setAll(ca, configs...) {
-			if _, err := ar.MutatingWebhookConfigurations().Update(ctx, &w, metav1.UpdateOptions{}); err != nil {
-				return done, err
-			}
-			done = append(done, "mutatingwebhookconfiguration/"+w.Name)
-		}
+		targets = append(targets, t)
 	}
 	validating, err := ar.ValidatingWebhookConfigurations().List(ctx, metav1.ListOptions{})
 	if err != nil {
-		return done, err
+		return nil, err
 	}
-	for _, w := range validating.Items {
-		ca, err := caOf(w.Annotations)
+	for i := range validating.Items {
+		w := &validating.Items[i]
+		t := target{name: "validatingwebhookconfiguration/" + w.Name, annotations: w.Annotations,
+			update: func() error {
+				_, err := ar.ValidatingWebhookConfigurations().Update(ctx, w, metav1.UpdateOptions{})
+				return err
+			}}
+		for j := range w.Webhooks {
+			t.configs = append(t.configs, &w.Webhooks[j].ClientConfig)
+		}
+		targets = append(targets, t)
+	}
+	var done []string
+	for _, t := range targets {
+		ca, err := caOf(t.annotations)
 		if err != nil {
 			return done, err
 		}
-		if ca == nil {
+		if ca == nil || !setAll(ca, t.configs...) {
 			continue
 		}
-		var configs []*admissionregistrationv1.WebhookClientConfig
-		for i := range w.Webhooks {
-			configs = append(configs, &w.Webhooks[i].ClientConfig)
+		if err := t.update(); err != nil {
+			return done, err
 		}
-		if setAll(ca, configs...) {
-			if _, err := ar.ValidatingWebhookConfigurations().Update(ctx, &w, metav1.UpdateOptions{}); err != nil {
-				return done, err
-			}
-			done = append(done, "validatingwebhookconfiguration/"+w.Name)
-		}
+		done = append(done, t.name)
 	}
 	return done, nil
 }

@@ -6,6 +6,7 @@
 //	e2ehelper webhook  -listen ADDR -cert C -key K                          # a second mutating webhook
 //	e2ehelper stream   -kubeconfig K -n NS -rate R -owners A,B [-prefix P]  # VMI creates at R/s until SIGTERM
 //	e2ehelper certmanager -kubeconfig K -n NS issue [CERT...]              # cert-manager's and cainjector's writes
+//	e2ehelper race     -kubeconfig K -n NS -count N -rounds R [-workers W]  # switch runStrategy, create the VMI at once
 //	e2ehelper fleet-vms|fleet-sync|fleet-relist|fleet-churn ...           # make bench-fleet (fleet.go)
 //
 // Everything it prints on stdout is one JSON object, for run.sh to read.
@@ -21,6 +22,7 @@ import (
 	"os"
 	"os/signal"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -28,9 +30,11 @@ import (
 	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -57,6 +61,8 @@ func main() {
 		err = stream(os.Args[2:])
 	case "certmanager":
 		err = certmanager(os.Args[2:])
+	case "race":
+		err = race(os.Args[2:])
 	case "fleet-vms":
 		err = fleetVMs(os.Args[2:])
 	case "fleet-sync":
@@ -438,4 +444,122 @@ func stream(args []string) error {
 			go one(i)
 		}
 	}
+}
+
+// race does what virt-controller does when a user switches a VM's
+// runStrategy and starts it: the VMI is created right after the VM update,
+// from the VM as the update left it, carrying kubevirt.io/vm-generation (the
+// generation of that VM) and an owner reference with its uid. Each of
+// -count VMs (PREFIX-i, created as Always if missing) is switched -rounds
+// times, alternately to BootOnce and back to Always, by -workers at once;
+// the mutating webhook must stamp exactly the VMIs of the BootOnce switches,
+// whatever its watch has delivered by then. Reports the verdicts.
+func race(args []string) error {
+	fs := flag.NewFlagSet("race", flag.ExitOnError)
+	kubeconfig := fs.String("kubeconfig", "", "kubeconfig")
+	ns := fs.String("n", "default", "namespace")
+	count := fs.Int("count", 50, "VMs")
+	rounds := fs.Int("rounds", 4, "switches per VM (BootOnce, Always, BootOnce, ...)")
+	workers := fs.Int("workers", 25, "VMs switched at once")
+	prefix := fs.String("prefix", "race", "VM name prefix")
+	as := fs.String("as", "system:serviceaccount:kubevirt:kubevirt-controller", "user creating the VMIs")
+	_ = fs.Parse(args)
+	ctx := context.Background()
+	admin, err := client(*kubeconfig, "", 1000)
+	if err != nil {
+		return err
+	}
+	controller, err := client(*kubeconfig, *as, 1000)
+	if err != nil {
+		return err
+	}
+	vms := admin.Resource(vmGVR).Namespace(*ns)
+	vmis := controller.Resource(vmiGVR).Namespace(*ns)
+	for i := 0; i < *count; i++ {
+		name := fmt.Sprintf("%s-%d", *prefix, i)
+		if _, err := vms.Create(ctx, plainVM(name, "Always"), metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("create VM %s: %w", name, err)
+		}
+	}
+	var mu sync.Mutex
+	out := map[string]int{"creates": 0, "stamped": 0, "wrong_unstamped": 0, "wrong_stamped": 0}
+	var firstErr error
+	start := time.Now()
+	for r := 0; r < *rounds; r++ {
+		strategy := "BootOnce"
+		if r%2 == 1 {
+			strategy = "Always"
+		}
+		work := make(chan int)
+		var wg sync.WaitGroup
+		for w := 0; w < *workers; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range work {
+					stamped, err := switchAndStart(ctx, vms, vmis, fmt.Sprintf("%s-%d", *prefix, i), r, strategy)
+					mu.Lock()
+					switch {
+					case err != nil:
+						if firstErr == nil {
+							firstErr = err
+						}
+					case stamped && strategy != "BootOnce":
+						out["wrong_stamped"]++
+					case !stamped && strategy == "BootOnce":
+						out["wrong_unstamped"]++
+					}
+					if err == nil {
+						out["creates"]++
+						if stamped {
+							out["stamped"]++
+						}
+					}
+					mu.Unlock()
+				}
+			}()
+		}
+		for i := 0; i < *count; i++ {
+			work <- i
+		}
+		close(work)
+		wg.Wait()
+		if firstErr != nil {
+			return firstErr
+		}
+	}
+	return printJSON(map[string]any{
+		"creates": out["creates"], "stamped": out["stamped"],
+		"wrong":           out["wrong_unstamped"] + out["wrong_stamped"],
+		"wrong_unstamped": out["wrong_unstamped"], "wrong_stamped": out["wrong_stamped"],
+		"seconds": time.Since(start).Seconds(),
+	})
+}
+
+// switchAndStart sets VM name's runStrategy and at once creates its VMI
+// NAME-ROUND as virt-controller would; whether the stored VMI is stamped.
+func switchAndStart(ctx context.Context, vms, vmis dynamic.ResourceInterface, name string, round int, strategy string) (bool, error) {
+	patch := fmt.Sprintf(`{"spec":{"runStrategy":%q}}`, strategy)
+	vm, err := vms.Patch(ctx, name, types.MergePatchType, []byte(patch), metav1.PatchOptions{})
+	if err != nil {
+		return false, fmt.Errorf("switch %s to %s: %w", name, strategy, err)
+	}
+	vmi := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachineInstance",
+		"metadata": map[string]any{
+			"name":        fmt.Sprintf("%s-%d", name, round),
+			"labels":      map[string]any{"e2e.reboot.kubevirt.io/test": "race"},
+			"annotations": map[string]any{"kubevirt.io/vm-generation": strconv.FormatInt(vm.GetGeneration(), 10)},
+			"ownerReferences": []any{map[string]any{
+				"apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine", "name": name,
+				"uid": string(vm.GetUID()), "controller": true, "blockOwnerDeletion": true,
+			}},
+		},
+		"spec": map[string]any{"domain": map[string]any{"devices": map[string]any{}}},
+	}}
+	got, err := vmis.Create(ctx, vmi, metav1.CreateOptions{})
+	if err != nil {
+		return false, fmt.Errorf("create the VMI of %s: %w", name, err)
+	}
+	return got.GetAnnotations()["runstrategy.kubevirt.io"] == "BootOnce", nil
 }

@@ -1,6 +1,6 @@
 //! The lean projection of a VirtualMachine the cache decodes: namespace,
-//! name, uid, resourceVersion, `spec.runStrategy` and the reserved
-//! annotation. Everything else is skipped by the deserializer without being
+//! name, uid, resourceVersion, generation, `spec.runStrategy` and the
+//! reserved annotation. Everything else is skipped by the deserializer without being
 //! allocated.
 
 use std::borrow::Cow;
@@ -65,8 +65,8 @@ impl LeanVm {
     }
 }
 
-/// Decodes `metadata` keeping name, namespace, uid, resourceVersion and only
-/// the reserved annotation; `managedFields`, labels and the rest are skipped.
+/// Decodes `metadata` keeping name, namespace, uid, resourceVersion,
+/// generation and only the reserved annotation; `managedFields`, labels and the rest are skipped.
 fn lean_meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
     struct MetaVisitor;
     impl<'de> Visitor<'de> for MetaVisitor {
@@ -82,6 +82,7 @@ fn lean_meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
                     "namespace" => meta.namespace = map.next_value()?,
                     "uid" => meta.uid = map.next_value()?,
                     "resourceVersion" => meta.resource_version = map.next_value()?,
+                    "generation" => meta.generation = map.next_value()?,
                     "annotations" => {
                         let Reserved(v) = map.next_value()?;
                         meta.annotations = v.map(|v| [(BOOTONCE_ANNOTATION.to_owned(), v)].into());
@@ -136,7 +137,7 @@ mod tests {
     fn lean_decoding_keeps_only_what_decisions_need() {
         let vm: LeanVm = serde_json::from_value(serde_json::json!({
             "apiVersion": "kubevirt.io/v1", "kind": "VirtualMachine",
-            "metadata": {"name": "a", "namespace": "ns", "uid": "u1", "resourceVersion": "7",
+            "metadata": {"name": "a", "namespace": "ns", "uid": "u1", "resourceVersion": "7", "generation": 4,
                 "labels": {"x": "y"},
                 "annotations": {"other": "z", "runstrategy.kubevirt.io": "BootOnce"},
                 "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]},
@@ -148,6 +149,7 @@ mod tests {
         assert_eq!(vm.metadata.managed_fields, None);
         assert_eq!(vm.metadata.annotations.as_ref().map(|a| a.len()), Some(1));
         assert_eq!(vm.metadata.resource_version.as_deref(), Some("7"));
+        assert_eq!(vm.metadata.generation, Some(4));
         let info = vm.info();
         assert_eq!(info.uid.as_deref(), Some("u1"));
         assert_eq!(info.run_strategy, RunStrategy::Once);
