@@ -112,12 +112,7 @@ pub struct ServeArgs {
     /// How the VirtualMachine cache lists, at start and after a failed
     /// watch: `auto` (a streaming list, pages where the API server refuses
     /// it), `streaming`, `paginated` or `unpaginated`.
-    #[arg(
-        long,
-        env = "REBOOT_WEBHOOK_VM_LIST_MODE",
-        value_enum,
-        default_value_t
-    )]
+    #[arg(long, env = "REBOOT_WEBHOOK_VM_LIST_MODE", value_enum, default_value_t)]
     pub vm_list_mode: ListMode,
     #[command(flatten)]
     pub decision: DecisionArgs,

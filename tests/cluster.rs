@@ -975,7 +975,12 @@ async fn each_list_mode_makes_its_own_requests() {
     };
     let page = |q: &str| q.contains("limit=500") && !q.contains("watch=");
     let unpaginated = |q: &str| !q.contains("limit=") && !q.contains("watch=");
-    for mode in [None, Some("streaming"), Some("paginated"), Some("unpaginated")] {
+    for mode in [
+        None,
+        Some("streaming"),
+        Some("paginated"),
+        Some("unpaginated"),
+    ] {
         let fake = FakeApi::start().await;
         fake.load(
             Res::Vm,
@@ -1076,7 +1081,9 @@ async fn an_unfinished_streaming_list_falls_back_to_pages() {
         .collect();
     assert!(
         lists.len() == 3
-            && lists[..2].iter().all(|q| q.contains("sendInitialEvents=true"))
+            && lists[..2]
+                .iter()
+                .all(|q| q.contains("sendInitialEvents=true"))
             && lists[2].contains("limit=500"),
         "the streaming list, started again once by kube's watcher, then a page: {lists:?}"
     );
@@ -1092,7 +1099,10 @@ async fn the_cache_reports_the_newest_resource_version_it_holds() {
     }
     let newest = fake.apply(Res::Vm, vm("tenant-a", "vm-3", 3, "Always"));
     let c = Cluster::ready(fake).await;
-    let version = || c.server.metric("kubevirt_reboot_webhook_vm_cache_resource_version");
+    let version = || {
+        c.server
+            .metric("kubevirt_reboot_webhook_vm_cache_resource_version")
+    };
     assert_eq!(version().await, newest as f64, "after the list");
     let changed = c.fake.apply(Res::Vm, vm("tenant-a", "vm-1", 1, "BootOnce"));
     wait_until("the change applied", WAIT, || async {

@@ -1,12 +1,15 @@
 //! How the VM cache gets the full state, at start and after every failed
 //! watch: a streaming list where the API server serves one, else pages.
 //!
-//! `make bench-fleet` measured the three ways against kube-apiserver 1.34
-//! with 100,000 VMs (bench/README.md, "Fleet"): a streaming list (a watch
-//! with `sendInitialEvents=true`, served from the API server's watch cache
-//! one object at a time) costs the API server and us least; pages of 500
-//! (`limit`/`continue`) cost more; one unpaginated list costs the API server
-//! and us most, and is here only to measure that cost.
+//! A streaming list is a watch with `sendInitialEvents=true` (the WatchList
+//! feature, beta in kube-apiserver: on by default in 1.32 and 1.34, off in
+//! 1.27-1.31 and 1.33, per k8s.io/apiserver's feature table); the API server
+//! sends the objects from its watch cache one event at a time, then a
+//! bookmark that marks their end. Pages (`limit`/`continue`) are
+//! kube-runtime's and client-go's default. An unpaginated list is built by
+//! the API server in one piece; it is here to be measured against.
+//! `make bench-fleet` measures the three on a real kube-apiserver
+//! (bench/README.md, "Fleet").
 
 use kube::runtime::watcher;
 
@@ -65,7 +68,9 @@ mod tests {
 
     fn start_failed(code: u16) -> watcher::Error {
         watcher::Error::WatchStartFailed(kube::Error::Api(
-            Status::failure("refused", "Invalid").with_code(code).boxed(),
+            Status::failure("refused", "Invalid")
+                .with_code(code)
+                .boxed(),
         ))
     }
 
