@@ -7,9 +7,12 @@ Prints Markdown (the tables of bench/README.md, "Fleet") and one PASS/FAIL
 line per target of issue 24; exits 1 when any target is missed.
 """
 import json
+import statistics
 import sys
 
 ANCHORS = ("kube-runtime", "controller-runtime")
+# Below this, an unpaginated list's RSS growth is the API server's noise.
+MEASURABLE_GROWTH_MIB = 16
 
 
 def load(path):
@@ -53,12 +56,12 @@ def main():
         print(f"**{title}**")
         print()
         print("| arm | time (s) | arm CPU (s) | arm peak RSS (MiB) | arm settled RSS (MiB) "
-              "| API server RSS before → peak (MiB) | API server growth (MiB) | API server allocated (MiB) | API server CPU (s) |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+              "| API server RSS before → peak (MiB) | API server growth (MiB) | API server CPU (s) |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for arm, r in table.items():
             print(f"| {arm} | {fmt(r[time_key], 2)} | {fmt(r['cpu_s'], 2)} | {fmt(r['peak_rss_mib'])} | {fmt(r['settled_rss_mib'])} "
                   f"| {fmt(r['apiserver_rss_before_mib'])} → {fmt(r['apiserver_peak_rss_mib'])} | {fmt(r['apiserver_growth_mib'])} "
-                  f"| {fmt(r['apiserver_alloc_mib'])} | {fmt(r['apiserver_cpu_s'], 2)} |")
+                  f"| {fmt(r['apiserver_cpu_s'], 2)} |")
         print()
         return table
 
@@ -66,15 +69,40 @@ def main():
         ours, unpaged = table.get("ours"), table.get("ours-unpaginated")
         if not ours or not unpaged:
             return
-        for key, name in (("apiserver_growth_mib", "peak RSS growth"), ("apiserver_alloc_mib", "allocation")):
-            r = ratio(ours[key], unpaged[key])
-            limit = 0.1 * unpaged[key]
-            verdict(ours[key] <= limit,
-                    f"API server {name} during our {what}: {fmt(ours[key])} MiB against {fmt(unpaged[key])} MiB for an unpaginated list"
-                    f" = {fmt(r, 3)} (target ≤ 0.1)")
+        key = "apiserver_growth_mib"
+        if unpaged[key] < MEASURABLE_GROWTH_MIB:
+            # The API server's heap already had room for the unpaginated
+            # list (after creating the fleet, its RSS stays high): no
+            # baseline to compare with at this size.
+            verdicts.append(f"N/A API server peak RSS growth during our {what}: {fmt(ours[key])} MiB; an unpaginated list grew it by "
+                            f"{fmt(unpaged[key])} MiB only, under {MEASURABLE_GROWTH_MIB} MiB: too little to compare with (target ≤ 0.1 ×)")
+            return
+        r = ratio(ours[key], unpaged[key])
+        verdict(ours[key] <= 0.1 * unpaged[key],
+                f"API server peak RSS growth during our {what}: {fmt(ours[key])} MiB against {fmt(unpaged[key])} MiB for an unpaginated list"
+                f" = {fmt(r, 3)} (target ≤ 0.1)")
 
-    sync = sync_table("sync", "Initial sync (each arm alone, in this order)", "ready_s")
-    api_cost_verdict(sync, "initial sync")
+    sync = sync_table("sync", "Initial sync (each arm alone, in this order; NAME.rN: round N of our three list modes)", "ready_s")
+    # Our list modes over every round: the median of each figure.
+    rounds = {}
+    for r in by("sync"):
+        base = r["arm"].split(".r")[0]
+        if base.startswith("ours"):
+            rounds.setdefault(base, []).append(r)
+    medians = {}
+    if any(len(v) > 1 for v in rounds.values()):
+        keys = ("ready_s", "cpu_s", "peak_rss_mib", "settled_rss_mib", "apiserver_growth_mib", "apiserver_cpu_s")
+        print("**Our list modes, median over the rounds above**")
+        print()
+        print("| mode | rounds | time (s) | our CPU (s) | our peak RSS (MiB) | our settled RSS (MiB) | API server growth (MiB) | API server CPU (s) |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for base, rs in rounds.items():
+            m = {k: statistics.median(x[k] for x in rs) for k in keys}
+            medians[base] = m
+            print(f"| {base} | {len(rs)} | {fmt(m['ready_s'], 2)} | {fmt(m['cpu_s'], 2)} | {fmt(m['peak_rss_mib'])} | {fmt(m['settled_rss_mib'])} "
+                  f"| {fmt(m['apiserver_growth_mib'])} | {fmt(m['apiserver_cpu_s'], 2)} |")
+        print()
+    api_cost_verdict(medians or sync, "initial sync")
     for r in by("restart"):
         print(f"**API server restart** over etcd compacted at revision {r['compacted_at']}: its VM watch cache ready in "
               f"{r['ready_s']} s, RSS {fmt(r['apiserver_rss_mib'])} MiB, etcd {fmt(r['etcd_db_mib'])} MiB after defragmentation")

@@ -97,8 +97,8 @@ func mib(b int64) float64 { return math.Round(float64(b)/(1<<20)*10) / 10 }
 
 // -------------------------------------------------------- the API server ---
 
-// apiServer reads kube-apiserver's figures: its process from /proc, its Go
-// heap counters from /metrics.
+// apiServer reads kube-apiserver's figures from /proc (CPU, RSS); its
+// /debug/pprof (with --profiling) collects its garbage between arms.
 type apiServer struct {
 	pid  int
 	url  string
@@ -117,16 +117,6 @@ func newAPIServer(kubeconfig string, pid int) (*apiServer, error) {
 	return &apiServer{pid: pid, url: strings.TrimRight(cfg.Host, "/"), http: hc}, nil
 }
 
-// allocated is go_memstats_alloc_bytes_total: every byte the API server
-// allocated since it started.
-func (a *apiServer) allocated() (float64, error) {
-	v, err := scrape(a.http, a.url+"/metrics", "go_memstats_alloc_bytes_total")
-	if err != nil {
-		return 0, err
-	}
-	return v, nil
-}
-
 // settle collects the API server's garbage (pprof's heap profile runs a GC
 // first, with --profiling) and waits a moment, so the arm measured next does
 // not pay for the one before.
@@ -140,29 +130,21 @@ func (a *apiServer) settle(wait time.Duration) {
 
 // apiWindow is what the API server spent between begin and end.
 type apiWindow struct {
-	a            *apiServer
-	cpu0, alloc0 float64
-	scrape       float64 // what one read of /metrics allocates
-	rss0         int64
-	peak         atomic.Int64
-	stop         chan struct{}
-	done         chan struct{}
+	a    *apiServer
+	cpu0 float64
+	rss0 int64
+	peak atomic.Int64
+	stop chan struct{}
+	done chan struct{}
 }
 
 func (a *apiServer) begin() (*apiWindow, error) {
 	w := &apiWindow{a: a, stop: make(chan struct{}), done: make(chan struct{})}
-	// Rendering /metrics allocates too (some 100 MiB: the API server has
-	// thousands of series); two reads in a row measure that, and the window
-	// does not count the one that ends it.
-	first, err := a.allocated()
+	// go_memstats_alloc_bytes_total from /metrics is not used: in runs of
+	// 2026-12-03 it grew by 428-433 MiB over every arm's sync window, each
+	// arm and list mode alike, so it measured something other than the list.
+	err := resetPeak(a.pid)
 	if err != nil {
-		return nil, err
-	}
-	if w.alloc0, err = a.allocated(); err != nil {
-		return nil, err
-	}
-	w.scrape = w.alloc0 - first
-	if err = resetPeak(a.pid); err != nil {
 		return nil, err
 	}
 	if w.rss0, _, err = procMem(a.pid); err != nil {
@@ -197,12 +179,10 @@ func (w *apiWindow) end() map[string]any {
 	if hwm < w.peak.Load() {
 		hwm = w.peak.Load()
 	}
-	alloc, _ := w.a.allocated()
 	return map[string]any{
 		"apiserver_rss_before_mib": mib(w.rss0),
 		"apiserver_peak_rss_mib":   mib(hwm),
 		"apiserver_growth_mib":     mib(hwm - w.rss0),
-		"apiserver_alloc_mib":      mib(int64(alloc - w.alloc0 - w.scrape)),
 		"apiserver_cpu_s":          round3(cpu - w.cpu0),
 	}
 }
