@@ -135,9 +135,13 @@ def main():
             flat = (ours["rss_max_mib"] - ours["rss_min_mib"]) / ours["rss_min_mib"]
             verdict(flat <= 0.05, f"our RSS over the churn at {asked}/s: {fmt(ours['rss_min_mib'])}–{fmt(ours['rss_max_mib'])} MiB,"
                                   f" {fmt(100 * flat)} % (target ≤ 5 %)")
-        if ours and c["rate_asked"] == 1000:
+        # The issue sets the lag and VMI create targets at 1,000 events/s; a
+        # machine that does not reach that rate is judged at the rates it
+        # reached (every window).
+        if ours:
             verdict(ours["lag_missed"] == 0 and ours["lag_p99_ms"] < 1000,
-                    f"our watch lag p99 at 1,000/s: {fmt(ours['lag_p99_ms'])} ms, {ours['lag_missed']} probes missed (target < 1,000 ms)")
+                    f"our watch lag p99 at {asked}/s ({fmt(c['patches_per_second'])}/s achieved): {fmt(ours['lag_p99_ms'])} ms, "
+                    f"{ours['lag_missed']} probes missed (target < 1,000 ms)")
     if churns:
         print()
         print("**VMI creates** during each churn window against the rest window just before it (10 a second, as "
@@ -155,11 +159,10 @@ def main():
               f"| {fmt(ratio(cc.get('p99_ms'), rc.get('p99_ms')), 2)} | {fmt(rm.get('p50_ms'), 2)} / {fmt(rm.get('p99_ms'), 2)} "
               f"| {fmt(cm.get('p50_ms'), 2)} / {fmt(cm.get('p99_ms'), 2)} | {fmt(ratio(cm.get('p99_ms'), rm.get('p99_ms')), 2)} | {bad} |")
         verdict(bad == 0, f"every VMI create at {asked}/s and at rest answered and stamped ({bad} failed or unstamped)")
-        if c["rate_asked"] == 1000:
-            for label, r0, r1 in (("VMI create through the API server", rc, cc), ("/mutate", rm, cm)):
-                r = ratio(r1.get("p99_ms"), r0.get("p99_ms"))
-                verdict(r is not None and r <= 1.5, f"{label} p99 during 1,000 events/s: {fmt(r1.get('p99_ms'), 2)} ms against "
-                                                    f"{fmt(r0.get('p99_ms'), 2)} ms at rest = {fmt(r, 2)} × (target ≤ 1.5)")
+        for label, r0, r1 in (("VMI create through the API server", rc, cc), ("/mutate", rm, cm)):
+            r = ratio(r1.get("p99_ms"), r0.get("p99_ms"))
+            verdict(r is not None and r <= 1.5, f"{label} p99 during {asked} events/s ({fmt(c['patches_per_second'])}/s achieved): {fmt(r1.get('p99_ms'), 2)} ms against "
+                                                f"{fmt(r0.get('p99_ms'), 2)} ms at rest = {fmt(r, 2)} × (target ≤ 1.5)")
     for e in by("etcd"):
         print()
         print(f"etcd at the end: {fmt(e['etcd_db_mib'])} MiB")
