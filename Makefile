@@ -126,7 +126,7 @@ bench: ## Load benchmark over loopback TLS against the floor server, plus decisi
 bench-scale: ## VM cache at 10,000 and 100,000 VMs against the fake API server
 	$(CARGO) test --locked --release --test scale -- --ignored --nocapture --test-threads 1
 
-bench-fleet: ## 100,000 VMs in the real kube-apiserver: sync, relist and churn cost, ours against kube-runtime and controller-runtime (root)
+bench-fleet: ## FLEET_VMS (100,000) VMs in the real kube-apiserver: list modes, relist and churn cost, ours against kube-runtime and controller-runtime (root; bench/README.md "Fleet")
 	K8S_VERSION=$(K8S_VERSION) bash bench/fleet/run.sh
 
 soak: ## Long mixed-load run against the fake API (SOAK_SECONDS, default 600); fails on errors or growth
