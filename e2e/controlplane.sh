@@ -1,5 +1,5 @@
 # etcd and kube-apiserver for make e2e (run.sh) and make bench-fleet
-# (fleet.sh), with the run's PKI in $P and its work directory in $W; sourced
+# (bench/fleet/run.sh), with the run's PKI in $P and its work directory in $W; sourced
 # after lib.sh. Each caller adds the flags of its own (run.sh: the Node
 # authorizer, the webhook client identity, the audit log).
 

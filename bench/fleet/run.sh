@@ -7,24 +7,26 @@
 #   2. initial sync of each arm, one at a time: the webhook listing with a
 #      streaming list (its default), in pages and unpaginated, kube-runtime's
 #      reflector of full objects and controller-runtime's cache with a
-#      transform: time to ready, the arm's peak and settled RSS, the API
-#      server's peak RSS, allocation and CPU meanwhile;
-#   3. the API server restarted over a compacted etcd while every arm is
-#      stopped (SIGSTOP); then each arm resumed alone must relist: the same
-#      figures;
-#   4. churn: VM status patches at 100/s, 1,000/s and as fast as the API
-#      server takes, FLEET_CHURN_SECONDS (60) each, all three caches
-#      watching the same stream: CPU per 1,000 events, RSS every second,
-#      watch lag, and VMI create latency through the API server and
-#      straight to /mutate against rest windows between them.
+#      transform: time to ready, the arm's CPU and peak and settled RSS, the
+#      API server's CPU and peak RSS growth meanwhile; our three modes
+#      FLEET_SYNC_ROUNDS (3) times, in rotated order;
+#   3. with FLEET_RELIST=1 (default), the API server restarted over a
+#      compacted etcd while every arm is stopped (SIGSTOP); then each arm
+#      resumed alone must relist: the same figures;
+#   4. churn: VM status patches at each rate of FLEET_RATES ("100 1000 0";
+#      0 = as fast as the API server takes), FLEET_CHURN_SECONDS (60) each
+#      after FLEET_REST_SECONDS (15) at rest, all three caches watching the
+#      same stream: CPU per 1,000 events, RSS every second, watch lag, and
+#      VMI create latency through the API server and straight to /mutate
+#      against the rest window before.
 #
-# bench/fleet/report.py prints the table and the verdicts; the exit status
-# is non-zero when a target is missed. Outside: builds (e2e/build.sh with
+# bench/fleet/report.py prints the tables and the verdicts; the exit status
+# is 1 when a target is missed. Outside: builds (e2e/build.sh with
 # KRW_BUILD_NODE=0, one cargo build, the Go anchor), then runs itself in new
-# network and mount namespaces like make e2e. Knobs: FLEET_VMS,
-# FLEET_NAMESPACES (100), FLEET_CHURN_SECONDS, FLEET_RATES ("100 1000 0";
-# 0 = as fast as the API server takes), FLEET_KEEP=1 (keep the work
-# directory), FLEET_OUT (where results go; target/fleet).
+# network and mount namespaces like make e2e. More knobs: FLEET_NAMESPACES
+# (100), FLEET_SETTLE (10s: settled RSS read that long after ready),
+# FLEET_KEEP=1 (keep the work directory), FLEET_OUT (where results go;
+# target/fleet).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)

@@ -1,5 +1,4 @@
-// The fleet benchmark's measurements (make bench-fleet, e2e/fleet.sh) and
-// the fleet scenario of make e2e:
+// The fleet benchmark's measurements (make bench-fleet, bench/fleet/run.sh):
 //
 //	e2ehelper fleet-vms    -kubeconfig K -count N -namespaces M      # N realistic VMs over M namespaces
 //	e2ehelper fleet-sync   -name A -ready URL [flags] -- CMD ARG...  # start an arm, time its initial sync
