@@ -26,7 +26,8 @@
 # network and mount namespaces like make e2e. More knobs: FLEET_NAMESPACES
 # (100), FLEET_SETTLE (10s: settled RSS read that long after ready),
 # FLEET_KEEP=1 (keep the work directory), FLEET_OUT (where results go;
-# target/fleet).
+# target/fleet), FLEET_FORCE=1 (run a fleet larger than the memory check
+# allows).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -52,6 +53,12 @@ if [ -z "${KRW_FLEET_INSIDE:-}" ]; then
   for tool in go openssl curl python3 ip unshare; do
     command -v "$tool" >/dev/null || die "make bench-fleet needs $tool"
   done
+  # At 30,000 VMs (2026-12-03) the API server, the anchors' caches, our
+  # unpaginated arm and etcd's tmpfs peaked at some 10 GiB together: about
+  # 350 KiB per VM. Refuse a fleet this machine's memory cannot hold.
+  need_mib=$((FLEET_VMS * 350 / 1024)) avail_mib=$(awk '/MemAvailable/ { print int($2 / 1024) }' /proc/meminfo)
+  [ "$avail_mib" -ge "$need_mib" ] || [ -n "${FLEET_FORCE:-}" ] ||
+    die "FLEET_VMS=$FLEET_VMS needs about $need_mib MiB (350 KiB per VM, measured at 30,000); $avail_mib MiB available. Set FLEET_VMS lower, or FLEET_FORCE=1"
   began=$SECONDS
   KRW_BUILD_NODE=0 source "$E2E/build.sh"
   log "building the webhook and kube-runtime's reflector (release, one cargo build)"
