@@ -28,7 +28,7 @@ HELM_CACHE   ?= $(or $(KRW_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/kubevir
 HELM_BIN     := $(HELM_CACHE)/helm
 SOAK_SECONDS ?= 600
 
-.PHONY: help run test lint fixtures chart-files certs build release image image-archive-path image-ref manifests deploy undeploy bench bench-scale soak fuzz e2e e2e-build clean helm
+.PHONY: help run test lint fixtures chart-files certs build release image image-archive-path image-ref manifests deploy undeploy bench bench-scale bench-fleet soak fuzz e2e e2e-build clean helm
 
 help: ## Show this help
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -125,6 +125,9 @@ bench: ## Load benchmark over loopback TLS against the floor server, plus decisi
 
 bench-scale: ## VM cache at 10,000 and 100,000 VMs against the fake API server
 	$(CARGO) test --locked --release --test scale -- --ignored --nocapture --test-threads 1
+
+bench-fleet: ## FLEET_VMS (100,000) VMs in the real kube-apiserver: list modes, relist and churn cost, ours against kube-runtime and controller-runtime (root; bench/README.md "Fleet")
+	K8S_VERSION=$(K8S_VERSION) bash bench/fleet/run.sh
 
 soak: ## Long mixed-load run against the fake API (SOAK_SECONDS, default 600); fails on errors or growth
 	SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test --locked --release --test soak -- --ignored --nocapture --test-threads 1

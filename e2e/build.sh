@@ -9,6 +9,9 @@
 # KUBE_PROXY, ETCD, KUBECTL, E2EHELPER, PAUSE_IMAGE, PAUSE_ARCHIVE,
 # NOOP_IMAGE, NOOP_ARCHIVE and K8S_VERSION.
 #
+# KRW_BUILD_NODE=0 (make bench-fleet) builds only the control plane and the
+# helper: no node binaries, no pause or no-op images.
+#
 # Binaries are cached outside git, keyed by version:
 #   ${KRW_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubevirt-reboot-webhook}/k8s-vX.Y.Z/
 # so only the first run on a machine pays the build (Go's own module and
@@ -74,7 +77,9 @@ done
 targets=()
 # The control plane, and the node (kubelet, kube-proxy) with the controllers
 # a Deployment needs (kube-controller-manager, kube-scheduler).
-for cmd in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do
+node_cmds="kube-controller-manager kube-scheduler kubelet kube-proxy"
+[ "${KRW_BUILD_NODE:-1}" != 0 ] || node_cmds=
+for cmd in kube-apiserver $node_cmds; do
   [ -x "$bin_dir/$cmd" ] || targets+=("k8s.io/kubernetes/cmd/$cmd")
 done
 [ -x "$bin_dir/etcd" ] || targets+=(./etcd)
@@ -99,10 +104,10 @@ mkdir -p "$helper_dir"
 (cd "$module_dir" && go build -trimpath -o "$helper_dir/" ./e2ehelper) >&2
 # The latency scenario's no-op floor (tools/noopwebhook), static, in an
 # image like ours, so that it runs as Pods where ours runs.
-(cd "$module_dir" && CGO_ENABLED=0 go build -trimpath -o "$helper_dir/" ./noopwebhook) >&2
 NOOP_IMAGE=kubevirt-reboot-webhook-noop:e2e
 NOOP_ARCHIVE=$helper_dir/noopwebhook.oci.tar
-if [ ! -s "$NOOP_ARCHIVE" ] || [ "$helper_dir/noopwebhook" -nt "$NOOP_ARCHIVE" ]; then
+[ "${KRW_BUILD_NODE:-1}" = 0 ] || (cd "$module_dir" && CGO_ENABLED=0 go build -trimpath -o "$helper_dir/" ./noopwebhook) >&2
+if [ "${KRW_BUILD_NODE:-1}" != 0 ] && { [ ! -s "$NOOP_ARCHIVE" ] || [ "$helper_dir/noopwebhook" -nt "$NOOP_ARCHIVE" ]; }; then
   IMAGE_DEBS= bash "$e2e_tools/../../image/build.sh" "$helper_dir/noopwebhook" "$NOOP_ARCHIVE" "$NOOP_IMAGE" 2>/dev/null
 fi
 
@@ -111,7 +116,7 @@ fi
 # as its Makefile does, in an image as upstream's (user 65535, /pause).
 PAUSE_IMAGE=registry.k8s.io/pause:3.10.1
 PAUSE_ARCHIVE=$bin_dir/pause-3.10.1.oci.tar
-if [ ! -s "$PAUSE_ARCHIVE" ]; then
+if [ "${KRW_BUILD_NODE:-1}" != 0 ] && [ ! -s "$PAUSE_ARCHIVE" ]; then
   k8s_src=$(cd "$module_dir" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)
   gcc -Os -Wall -Werror -static -DVERSION=v3.10.1-krw-e2e -o "$bin_dir/pause" "$k8s_src/build/pause/linux/pause.c"
   IMAGE_USER=65535:65535 IMAGE_ENTRYPOINT=/pause IMAGE_CMD= IMAGE_PORTS= IMAGE_DEBS= \

@@ -19,6 +19,7 @@ set -euo pipefail
 E2E=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$E2E")
 source "$E2E/lib.sh"
+source "$E2E/controlplane.sh"
 
 # Every scenario, in the order they run (helm last: it replaces the
 # kustomize install; audit reads what all wrote). A name in E2E_SCENARIOS
@@ -114,15 +115,7 @@ ip route add 198.19.0.0/24 dev lo
 
 log "certificates"
 P=$W/pki
-pki_ca "$P" ca "e2e cluster CA"
-pki_cert "$P" apiserver ca "/CN=kube-apiserver" \
-  "DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:localhost,IP:127.0.0.1,IP:$CP_IP,IP:198.19.0.1" serverAuth
-pki_cert "$P" admin ca "/O=system:masters/CN=e2e-admin" "" clientAuth
-pki_ca "$P" etcd-ca "e2e etcd CA"
-pki_cert "$P" etcd etcd-ca "/CN=etcd" "DNS:localhost,IP:127.0.0.1" both
-pki_cert "$P" apiserver-etcd-client etcd-ca "/CN=kube-apiserver" "" clientAuth
-openssl genrsa -out "$P/sa.key" 2048 2>/dev/null
-openssl rsa -in "$P/sa.key" -pubout -out "$P/sa.pub" 2>/dev/null
+controlplane_pki
 node_pki
 # The webhook's serving certificate, for its Service name, from its own CA.
 pki_ca "$P" webhook-ca "kubevirt-reboot-webhook e2e CA"
@@ -173,43 +166,17 @@ rules:
 - level: None
 AUD
 
-start_etcd() {
-  start_bg etcd "$ETCD" --name e2e --data-dir "$W/etcd" \
-    --listen-client-urls https://127.0.0.1:2379 --advertise-client-urls https://127.0.0.1:2379 \
-    --listen-peer-urls http://127.0.0.1:2380 --initial-advertise-peer-urls http://127.0.0.1:2380 \
-    --initial-cluster e2e=http://127.0.0.1:2380 \
-    --cert-file "$P/etcd.crt" --key-file "$P/etcd.key" --client-cert-auth --trusted-ca-file "$P/etcd-ca.crt" \
-    --log-level warn
-  wait_until 30 "etcd healthy" etcd_call /health
-}
-
-# etcd_call PATH [JSON]: etcd's HTTP gateway with the API server's client certificate.
-etcd_call() {
-  curl -fsS --max-time 5 --cacert "$P/etcd-ca.crt" --cert "$P/apiserver-etcd-client.crt" --key "$P/apiserver-etcd-client.key" \
-    ${2:+-X POST -d "$2"} "https://127.0.0.1:2379$1"
-}
-
 # start_apiserver [NAME PORT]: the real kube-apiserver; the Node authorizer
 # and RBAC, the default admission plugins (MutatingAdmissionWebhook and
 # ValidatingAdmissionWebhook among them) and NodeRestriction. Webhooks are
 # called through their Service's cluster IP, which kube-proxy routes to a
 # ready Pod, as in a kubeadm cluster.
 start_apiserver() {
-  local name=${1:-kube-apiserver} port=${2:-6443} node_flags
+  local node_flags
   mapfile -t node_flags < <(node_apiserver_flags)
-  start_bg "$name" "$KUBE_APISERVER" \
-    --bind-address=0.0.0.0 --secure-port="$port" --advertise-address="$CP_IP" \
-    --etcd-servers=https://127.0.0.1:2379 --etcd-cafile="$P/etcd-ca.crt" \
-    --etcd-certfile="$P/apiserver-etcd-client.crt" --etcd-keyfile="$P/apiserver-etcd-client.key" \
-    --tls-cert-file="$P/apiserver.crt" --tls-private-key-file="$P/apiserver.key" --client-ca-file="$P/ca.crt" \
-    --service-account-issuer=https://kubernetes.default.svc --service-account-key-file="$P/sa.pub" \
-    --service-account-signing-key-file="$P/sa.key" --api-audiences=https://kubernetes.default.svc \
-    --service-cluster-ip-range=198.19.0.0/24 "${node_flags[@]}" \
+  start_kube_apiserver "${1:-kube-apiserver}" "${2:-6443}" "${node_flags[@]}" \
     --admission-control-config-file="$W/admission.yaml" \
-    --audit-policy-file="$W/audit-policy.yaml" --audit-log-path="$W/audit.log" \
-    --profiling=false --v=1
-  wait_until 90 "$name ready" curl -fsS --max-time 2 --cacert "$P/ca.crt" --cert "$P/admin.crt" --key "$P/admin.key" \
-    "https://127.0.0.1:$port/readyz"
+    --audit-policy-file="$W/audit-policy.yaml" --audit-log-path="$W/audit.log"
 }
 
 started=$SECONDS

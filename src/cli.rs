@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::admission::{BootOnceMode, Mode, Policy, Trusted};
+use crate::cluster::vm_cache::ListMode;
 use crate::server::{Limits, Shutdown};
 use crate::tls::TlsFiles;
 
@@ -108,6 +109,11 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub watch_namespaces: Vec<String>,
+    /// How the VirtualMachine cache lists, at start and after a failed
+    /// watch: `auto` (a streaming list, pages where the API server refuses
+    /// it), `streaming`, `paginated` or `unpaginated`.
+    #[arg(long, env = "REBOOT_WEBHOOK_VM_LIST_MODE", value_enum, default_value_t)]
+    pub vm_list_mode: ListMode,
     #[command(flatten)]
     pub decision: DecisionArgs,
     /// `warn` turns every policy denial into an allowed response with

@@ -99,6 +99,7 @@ pub struct Metrics {
     pub vm_cache_objects: Gauge,
     pub vm_cache_stale: Gauge,
     pub vm_cache_stale_since: Gauge<f64, AtomicU64>,
+    pub vm_cache_resource_version: Gauge,
     pub cert_expiry: Gauge<f64, AtomicU64>,
     pub in_flight: Gauge,
 }
@@ -189,6 +190,12 @@ impl Metrics {
             "When the VirtualMachine cache became stale, as a Unix timestamp; 0 while live",
             vm_cache_stale_since.clone(),
         );
+        let vm_cache_resource_version = Gauge::default();
+        registry.register(
+            "vm_cache_resource_version",
+            "resourceVersion (etcd revision) of the newest VirtualMachine change the cache holds: each change applied, or a completed list's newest object; compare with a write's to see how far behind the cache is",
+            vm_cache_resource_version.clone(),
+        );
         let cert_expiry = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "certificate_expiry_timestamp_seconds",
@@ -215,6 +222,7 @@ impl Metrics {
             vm_cache_objects,
             vm_cache_stale,
             vm_cache_stale_since,
+            vm_cache_resource_version,
             cert_expiry,
             in_flight,
         }

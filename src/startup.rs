@@ -144,6 +144,7 @@ pub async fn start(
         (None, Some(c)) => cluster::vm_cache::VmCache::spawn(
             c.clone(),
             args.watch_namespaces.clone(),
+            args.vm_list_mode,
             metrics.clone(),
             readiness.part("virtualmachine cache"),
             !args.e2e_skip_owner_fence,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use support::fake_api::{
     at_generation, built_from, kubevirt_cr, realistic_vm, realistic_vmi_create, uid, Down, FakeApi,
-    Res, Verb,
+    Res, Streaming, Verb,
 };
 use support::{bootonce_stamp, decoded_patch, review, serial, wait_until, TestServer};
 
@@ -55,7 +55,12 @@ impl Cluster {
     /// Every start-up request has then been made, so request counts taken
     /// from now on see only what the test causes.
     async fn ready(fake: FakeApi) -> Cluster {
-        let c = Cluster::start(fake, &[]).await;
+        Cluster::ready_with(fake, &[]).await
+    }
+
+    /// [`ready`](Self::ready) with these extra flags.
+    async fn ready_with(fake: FakeApi, extra: &[&str]) -> Cluster {
+        let c = Cluster::start(fake, extra).await;
         c.wait_ready().await;
         for r in [Res::Vm, Res::KubeVirt] {
             c.fake.wait_watches(r, 1, WAIT).await;
@@ -466,9 +471,19 @@ async fn readiness_follows_cache_sync() {
 
 // 7. A 410 relist neither loses nor duplicates entries: changes the watch
 //    never delivered (deleted/added/modified while it was broken) show up
-//    after the relist, over several pages.
+//    after the relist, over several pages, and over a streaming list.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relist_after_410_converges_without_loss_or_duplicates() {
+    relist_converges("paginated", 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_relist_after_410_converges_without_loss_or_duplicates() {
+    relist_converges("auto", 1).await;
+}
+
+/// Test 7 with `--vm-list-mode MODE`, whose list of 1,200 VMs is `calls` requests.
+async fn relist_converges(mode: &str, calls: usize) {
     const N: u64 = 1200; // three pages of 500
     let fake = FakeApi::start().await;
     let strategy = |i: u64| {
@@ -489,12 +504,12 @@ async fn relist_after_410_converges_without_loss_or_duplicates() {
             )
         }),
     );
-    let c = Cluster::ready(fake).await;
+    let c = Cluster::ready_with(fake, &["--vm-list-mode", mode]).await;
     assert_eq!(c.cached_vms().await, N as usize);
     assert_eq!(
         c.fake.count(Some(Verb::List), Some(Res::Vm)),
-        3,
-        "paged by 500"
+        calls,
+        "{mode}: paged by 500, or one streaming list"
     );
     c.fake.wait_watches(Res::Vm, 1, WAIT).await;
     let ns = |i: u64| format!("ns-{}", i % 7);
@@ -517,7 +532,7 @@ async fn relist_after_410_converges_without_loss_or_duplicates() {
     c.wait_cached_vms(c.fake.len(Res::Vm)).await;
     assert_eq!(c.cached_vms().await as u64, N - 1);
     assert!(
-        c.fake.count(Some(Verb::List), Some(Res::Vm)) >= lists + 3,
+        c.fake.count(Some(Verb::List), Some(Res::Vm)) >= lists + calls,
         "relisted"
     );
     c.fake.wait_watches(Res::Vm, 1, WAIT).await; // watching again
@@ -548,7 +563,7 @@ async fn relist_after_410_converges_without_loss_or_duplicates() {
     c.fake.force_gone_next_watch(Res::Vm);
     c.fake.close_watches(Res::Vm);
     wait_until("relisted again", WAIT, || async {
-        c.fake.count(Some(Verb::List), Some(Res::Vm)) >= lists + 3
+        c.fake.count(Some(Verb::List), Some(Res::Vm)) >= lists + calls
             && c.fake.open_watches(Res::Vm) == 1
     })
     .await;
@@ -797,7 +812,8 @@ async fn failing_watches_retry_on_the_short_backoff() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_failing_after_each_list_back_off_too() {
     const CALLS: usize = 5;
-    let c = Cluster::ready(FakeApi::start().await).await;
+    // A streaming list is its own watch: no watch request after it to fail.
+    let c = Cluster::ready_with(FakeApi::start().await, &["--vm-list-mode", "paginated"]).await;
     let lists = |r: Res| c.fake.count(Some(Verb::List), Some(r));
     let before = (lists(Res::Vm), lists(Res::KubeVirt));
     for r in [Res::Vm, Res::KubeVirt] {
@@ -943,4 +959,162 @@ async fn a_re_created_vm_is_read_from_the_api_not_taken_for_gone() {
     assert_no_patch(&start(uid(1), Some(5)).await);
     assert_eq!(gets(), before + 1);
     assert_eq!(c.fences("uid").await, fences + 1.0);
+}
+
+// 14. The VM cache lists with a streaming list by default (a watch with
+//     sendInitialEvents=true, no list request at all), and each
+//     --vm-list-mode makes the requests it names. The default's case is the
+//     guard against a regression to unpaginated lists: every list of VMs
+//     it makes is a streaming list or a page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_list_mode_makes_its_own_requests() {
+    let streaming = |q: &str| {
+        q.contains("watch=true")
+            && q.contains("sendInitialEvents=true")
+            && q.contains("resourceVersionMatch=NotOlderThan")
+    };
+    let page = |q: &str| q.contains("limit=500") && !q.contains("watch=");
+    let unpaginated = |q: &str| !q.contains("limit=") && !q.contains("watch=");
+    for mode in [
+        None,
+        Some("streaming"),
+        Some("paginated"),
+        Some("unpaginated"),
+    ] {
+        let fake = FakeApi::start().await;
+        fake.load(
+            Res::Vm,
+            (0..600).map(|i| vm("tenant-a", &format!("vm-{i:03}"), i, "Always")),
+        );
+        let flags: Vec<&str> = mode.map_or(vec![], |m| vec!["--vm-list-mode", m]);
+        let c = Cluster::ready_with(fake, &flags).await;
+        assert_eq!(c.cached_vms().await, 600, "{mode:?}");
+        let lists: Vec<String> = (c.fake.requests().into_iter())
+            .filter(|s| s.verb == Verb::List && s.res == Some(Res::Vm))
+            .map(|s| s.query)
+            .collect();
+        let ok = match mode {
+            // 600 VMs: two pages.
+            Some("paginated") => lists.len() == 2 && lists.iter().all(|q| page(q)),
+            Some("unpaginated") => lists.len() == 1 && unpaginated(&lists[0]),
+            _ => lists.len() == 1 && streaming(&lists[0]),
+        };
+        assert!(ok, "{mode:?}: {lists:?}");
+        c.server.stop().await;
+    }
+}
+
+// 15. Where the API server refuses streaming lists (kube-apiserver with the
+//     WatchList feature off answers 422), the default mode lists in pages,
+//     syncs, and relists in pages without asking again; `streaming` alone
+//     does not fall back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_streaming_lists_fall_back_to_pages() {
+    let fake = FakeApi::start().await;
+    fake.streaming_lists(Res::Vm, Streaming::Refused);
+    fake.load(
+        Res::Vm,
+        (0..600).map(|i| vm("tenant-a", &format!("vm-{i:03}"), i, "BootOnce")),
+    );
+    let c = Cluster::ready(fake).await;
+    assert_eq!(c.cached_vms().await, 600);
+    let vm_lists = || {
+        (c.fake.requests().into_iter())
+            .filter(|s| s.verb == Verb::List && s.res == Some(Res::Vm))
+            .map(|s| s.query)
+            .collect::<Vec<_>>()
+    };
+    let lists = vm_lists();
+    assert!(
+        lists.len() == 3
+            && lists[0].contains("sendInitialEvents=true")
+            && lists[1..].iter().all(|q| q.contains("limit=500")),
+        "one refused streaming list, then two pages: {lists:?}"
+    );
+    // A relist: pages again, no second streaming attempt.
+    c.fake.expire_watches(Res::Vm);
+    wait_until("relisted in pages", WAIT, || async {
+        vm_lists().len() >= 5 && c.fake.open_watches(Res::Vm) == 1
+    })
+    .await;
+    assert!(
+        vm_lists()[3..].iter().all(|q| q.contains("limit=500")),
+        "{:?}",
+        vm_lists()
+    );
+    assert_bootonce_patch(&c.mutate_vmi("tenant-a", "vm-007", &uid(7)).await);
+    assert_eq!(c.fake.count(Some(Verb::Get), None), 0, "from the cache");
+
+    // --vm-list-mode streaming keeps asking, and is not ready.
+    let fake = FakeApi::start().await;
+    fake.streaming_lists(Res::Vm, Streaming::Refused);
+    let c = Cluster::start(fake, &["--vm-list-mode", "streaming"]).await;
+    wait_until("three refused streaming lists", WAIT, || async {
+        c.fake.count(Some(Verb::List), Some(Res::Vm)) >= 3
+    })
+    .await;
+    assert!(
+        (c.fake.requests().into_iter())
+            .filter(|s| s.res == Some(Res::Vm))
+            .all(|s| s.query.contains("sendInitialEvents=true")),
+        "{:?}",
+        c.fake.requests()
+    );
+    assert_eq!(c.readyz().await.0, 503);
+}
+
+// 16. A streaming list that ends before its end marker (a server or proxy
+//     that ignores sendInitialEvents and ends the watch) falls back to pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_streaming_list_falls_back_to_pages() {
+    let fake = FakeApi::start().await;
+    fake.streaming_lists(Res::Vm, Streaming::Unfinished);
+    fake.load(
+        Res::Vm,
+        (0..50).map(|i| vm("tenant-a", &format!("vm-{i:03}"), i, "Always")),
+    );
+    let c = Cluster::ready(fake).await;
+    assert_eq!(c.cached_vms().await, 50);
+    let lists: Vec<String> = (c.fake.requests().into_iter())
+        .filter(|s| s.verb == Verb::List && s.res == Some(Res::Vm))
+        .map(|s| s.query)
+        .collect();
+    assert!(
+        lists.len() == 3
+            && lists[..2]
+                .iter()
+                .all(|q| q.contains("sendInitialEvents=true"))
+            && lists[2].contains("limit=500"),
+        "the streaming list, started again once by kube's watcher, then a page: {lists:?}"
+    );
+}
+
+// 17. vm_cache_resource_version says how far the cache got: after the list,
+//     its newest object; then each change the watch delivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_reports_the_newest_resource_version_it_holds() {
+    let fake = FakeApi::start().await;
+    for i in 0..3 {
+        fake.apply(Res::Vm, vm("tenant-a", &format!("vm-{i}"), i, "Always"));
+    }
+    let newest = fake.apply(Res::Vm, vm("tenant-a", "vm-3", 3, "Always"));
+    let c = Cluster::ready(fake).await;
+    let version = || {
+        c.server
+            .metric("kubevirt_reboot_webhook_vm_cache_resource_version")
+    };
+    assert_eq!(version().await, newest as f64, "after the list");
+    let changed = c.fake.apply(Res::Vm, vm("tenant-a", "vm-1", 1, "BootOnce"));
+    wait_until("the change applied", WAIT, || async {
+        version().await == changed as f64
+    })
+    .await;
+    let deleted_at = {
+        c.fake.delete(Res::Vm, "tenant-a", "vm-2");
+        changed + 1
+    };
+    wait_until("the delete applied", WAIT, || async {
+        version().await == deleted_at as f64
+    })
+    .await;
 }

@@ -10,7 +10,7 @@ use kube::runtime::watcher::Event;
 use kube::Api;
 use prometheus_client::metrics::gauge::Gauge;
 
-use super::watch::{self, Watched};
+use super::watch::{self, Failure, Watched};
 use crate::feature_gate::{from_kubevirt, GateFlag};
 use crate::metrics::{CacheLabels, Metrics};
 
@@ -146,7 +146,7 @@ impl Watched for GateWatch {
         }
     }
 
-    fn failed(&mut self, error: &str, repeated: bool) {
+    fn failed(&mut self, error: &Failure, repeated: bool) {
         // A list cut short leaves the last complete state in force.
         self.relisting = None;
         self.failed = true;

@@ -15,8 +15,9 @@
 //!   changes, bulk loads) or after [`FakeApi::force_gone_next_watch`] gets an
 //!   `ERROR` event with a 410 `Status`, as the real API server sends.
 //!   `resourceVersion=0`/empty sends the current objects as ADDED first;
-//!   `sendInitialEvents=true` (streaming lists) ends those with the
-//!   `k8s.io/initial-events-end` bookmark.
+//!   `sendInitialEvents=true` (a streaming list) ends those with the
+//!   `k8s.io/initial-events-end` bookmark. A streaming list counts as a
+//!   list ([`Verb::List`]), and the list faults below apply to it.
 //! - get: `GET /apis/kubevirt.io/v1/namespaces/{ns}/{plural}/{name}` — 200 or
 //!   a 404 `Status`.
 //!
@@ -28,7 +29,9 @@
 //! [`FakeApi::hold_lists`] (lists wait), [`FakeApi::fail_lists`] (lists get an
 //! error status), [`FakeApi::fail_gets`] (GETs get one),
 //! [`FakeApi::expire_watches`] (410 on open watches), [`FakeApi::hold_events`]
-//! (changes are stored and read by GET, but watchers see them only later).
+//! (changes are stored and read by GET, but watchers see them only later),
+//! [`FakeApi::streaming_lists`] (refused as by an API server without the
+//! WatchList feature, or ended before their end marker).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
@@ -90,6 +93,7 @@ impl Res {
 /// What a request asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Verb {
+    /// A list, or a streaming list (a watch with `sendInitialEvents=true`).
     List,
     Watch,
     Get,
@@ -120,6 +124,18 @@ pub enum Down {
     /// Every connection is closed (reset) at once, open ones included:
     /// like an API server that went away.
     Refuse,
+}
+
+/// How the fake answers streaming lists (`watch=true&sendInitialEvents=true`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Streaming {
+    /// Served: the objects, then the `k8s.io/initial-events-end` bookmark.
+    Served,
+    /// 422 Invalid, as kube-apiserver answers with the WatchList feature
+    /// off (1.27-1.31, and 1.33 by default).
+    Refused,
+    /// The objects, then the stream ends without the end bookmark.
+    Unfinished,
 }
 
 /// An event line for watchers, in resourceVersion order.
@@ -225,6 +241,7 @@ impl Store {
 struct Control {
     hold: watch::Sender<bool>,
     fail: Mutex<Option<u16>>,
+    streaming: Mutex<Streaming>,
     fail_gets: Mutex<Option<u16>>,
     open_watches: AtomicUsize,
 }
@@ -295,6 +312,7 @@ impl FakeApi {
         let control = || Control {
             hold: watch::channel(false).0,
             fail: Mutex::new(None),
+            streaming: Mutex::new(Streaming::Served),
             fail_gets: Mutex::new(None),
             open_watches: AtomicUsize::new(0),
         };
@@ -550,6 +568,11 @@ impl FakeApi {
         *self.inner.control(r).fail.lock_unpoisoned() = code;
     }
 
+    /// How streaming lists of `r` are answered from now on.
+    pub fn streaming_lists(&self, r: Res, how: Streaming) {
+        *self.inner.control(r).streaming.lock_unpoisoned() = how;
+    }
+
     /// While set, GETs of single objects of `r` get this status code.
     pub fn fail_gets(&self, r: Res, code: Option<u16>) {
         *self.inner.control(r).fail_gets.lock_unpoisoned() = code;
@@ -749,12 +772,10 @@ async fn handle(
     } else {
         None
     };
+    let watch = q.get("watch").is_some_and(|w| w == "true" || w == "1");
+    let streaming = watch && q.get("sendInitialEvents").is_some_and(|s| s == "true");
     let (verb, res) = match &target {
-        Some(Target::Collection { res, .. })
-            if q.get("watch").is_some_and(|w| w == "true" || w == "1") =>
-        {
-            (Verb::Watch, Some(*res))
-        }
+        Some(Target::Collection { res, .. }) if watch && !streaming => (Verb::Watch, Some(*res)),
         Some(Target::Collection { res, .. }) => (Verb::List, Some(*res)),
         Some(Target::Object { res, .. }) => (Verb::Get, Some(*res)),
         None => (Verb::Other, None),
@@ -783,9 +804,11 @@ async fn handle(
                     None => get_object(&inner, res, &ns, &name),
                 }
             }
-            Some(Target::Collection { res, ns }) if verb == Verb::Watch => {
-                start_watch(&inner, res, ns, &q)
+            Some(Target::Collection { res, ns }) if streaming => {
+                record(&inner, verb, Some(res), &path, &query, 0);
+                return streaming_list(&inner, res, ns, &q).await;
             }
+            Some(Target::Collection { res, ns }) if watch => start_watch(&inner, res, ns, &q),
             Some(Target::Collection { res, ns }) => {
                 // Counted on arrival, so held lists show up in the counters.
                 record(&inner, verb, Some(res), &path, &query, 0);
@@ -822,21 +845,62 @@ fn get_object(inner: &Inner, res: Res, ns: &str, name: &str) -> Response {
     }
 }
 
+/// The list faults ([`FakeApi::hold_lists`], [`FakeApi::fail_lists`]):
+/// waits while lists are held, then the injected failure, if any.
+async fn list_faults(inner: &Inner, res: Res) -> Option<Response> {
+    let mut hold = inner.control(res).hold.subscribe();
+    let _ = hold.wait_for(|h| !*h).await;
+    let fail = *inner.control(res).fail.lock_unpoisoned();
+    fail.map(|code| {
+        status(
+            code,
+            "InternalError",
+            "list failed (injected by the test)".into(),
+        )
+    })
+}
+
+/// A watch with `sendInitialEvents=true`, as [`FakeApi::streaming_lists`] says.
+async fn streaming_list(
+    inner: &Arc<Inner>,
+    res: Res,
+    ns: Option<String>,
+    q: &HashMap<String, String>,
+) -> Response {
+    if let Some(failed) = list_faults(inner, res).await {
+        return failed;
+    }
+    let how = *inner.control(res).streaming.lock_unpoisoned();
+    match how {
+        Streaming::Served => start_watch(inner, res, ns, q),
+        Streaming::Refused => status(
+            422,
+            "Invalid",
+            "ListOptions.meta.k8s.io \"\" is invalid: sendInitialEvents: Forbidden: sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled".into(),
+        ),
+        Streaming::Unfinished => {
+            let mut store = inner.store();
+            let col = store.col(res);
+            let lines: Vec<Result<Bytes, Infallible>> = col
+                .objects
+                .iter()
+                .filter(|((n, _), _)| ns.as_deref().is_none_or(|want| want == n))
+                .map(|(_, s)| Ok(event_line("ADDED", &s.bytes)))
+                .collect();
+            let body = Body::from_stream(futures::stream::iter(lines));
+            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
+    }
+}
+
 async fn list(
     inner: &Inner,
     res: Res,
     ns: Option<String>,
     q: &HashMap<String, String>,
 ) -> Response {
-    let mut hold = inner.control(res).hold.subscribe();
-    let _ = hold.wait_for(|h| !*h).await;
-    let fail = *inner.control(res).fail.lock_unpoisoned();
-    if let Some(code) = fail {
-        return status(
-            code,
-            "InternalError",
-            "list failed (injected by the test)".into(),
-        );
+    if let Some(failed) = list_faults(inner, res).await {
+        return failed;
     }
     let limit = q
         .get("limit")

@@ -7,6 +7,7 @@
 //	e2ehelper stream   -kubeconfig K -n NS -rate R -owners A,B [-prefix P]  # VMI creates at R/s until SIGTERM
 //	e2ehelper certmanager -kubeconfig K -n NS issue [CERT...]              # cert-manager's and cainjector's writes
 //	e2ehelper race     -kubeconfig K -n NS -count N -rounds R [-workers W]  # switch runStrategy, create the VMI at once
+//	e2ehelper fleet-vms|fleet-sync|fleet-relist|fleet-churn ...           # make bench-fleet (fleet.go)
 //
 // Everything it prints on stdout is one JSON object, for run.sh to read.
 package main
@@ -62,6 +63,14 @@ func main() {
 		err = certmanager(os.Args[2:])
 	case "race":
 		err = race(os.Args[2:])
+	case "fleet-vms":
+		err = fleetVMs(os.Args[2:])
+	case "fleet-sync":
+		err = fleetSync(os.Args[2:])
+	case "fleet-relist":
+		err = fleetRelist(os.Args[2:])
+	case "fleet-churn":
+		err = fleetChurn(os.Args[2:])
 	default:
 		err = fmt.Errorf("unknown command %q", os.Args[1])
 	}

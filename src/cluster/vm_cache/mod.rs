@@ -1,6 +1,7 @@
-//! The VirtualMachine owner cache: a paged list + watch (kube-runtime's
-//! watcher) decoded into a lean projection ([`lean`]), so a fleet's VMs take
-//! little memory (measured by `make bench-scale`, figures in bench/README.md).
+//! The VirtualMachine owner cache: a list + watch (kube-runtime's watcher)
+//! decoded into a lean projection ([`lean`]), so a fleet's VMs take little
+//! memory (measured by `make bench-scale` and `make bench-fleet`, figures in
+//! bench/README.md). How it lists is `--vm-list-mode` ([`list_mode`]).
 //!
 //! Only namespace, name, uid, `metadata.generation`, the runStrategy class and
 //! whether the reserved annotation is present are kept. Objects are decoded straight into
@@ -35,20 +36,22 @@
 //! nothing more.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::future::BoxFuture;
-use kube::runtime::watcher::Event;
+use kube::runtime::watcher::{self, Event};
 use kube::Api;
 use prometheus_client::metrics::gauge::Gauge;
 
 mod lean;
+mod list_mode;
 
 pub use lean::{LeanSpec, LeanVm};
+pub use list_mode::ListMode;
 
-use super::watch::{self, Watched};
+use super::watch::{self, Failure, Watched};
 use crate::admission::{OwnerRef, RunStrategy, VmInfo};
 use crate::metrics::{CacheLabels, FenceReason, Metrics};
 use crate::owners::{LookupError, VmSource};
@@ -98,16 +101,19 @@ pub struct VmCache {
     /// The freshness fence (see the module docs); off only to show, in
     /// `make e2e`, the race it closes.
     fence: bool,
+    /// The newest resourceVersion [`applied`](Self::applied), across scopes.
+    newest_version: AtomicI64,
 }
 
 impl VmCache {
-    /// Starts one watcher over all namespaces, or one per namespace given;
-    /// `ready` is set when every initial list completed. `fence`: the
-    /// freshness fence (see the module docs), always on but in one e2e
-    /// scenario.
+    /// Starts one watcher over all namespaces, or one per namespace given,
+    /// each listing as `list_mode` says; `ready` is set when every initial
+    /// list completed. `fence`: the freshness fence (see the module docs),
+    /// always on but in one e2e scenario.
     pub fn spawn(
         client: kube::Client,
         namespaces: Vec<String>,
+        list_mode: ListMode,
         metrics: Arc<Metrics>,
         ready: Arc<AtomicBool>,
         fence: bool,
@@ -128,6 +134,7 @@ impl VmCache {
             stale_watches: AtomicUsize::new(scopes.len()),
             stale_since: Mutex::new(vec![Some(now); scopes.len()]),
             fence,
+            newest_version: AtomicI64::new(0),
         });
         let pending = Arc::new(AtomicUsize::new(scopes.len()));
         let synced_gauge = (cache.metrics.cache_synced)
@@ -145,6 +152,8 @@ impl VmCache {
                 index,
                 scope,
                 list: 0,
+                listed_version: 0,
+                mode: list_mode,
                 synced: false,
                 ready: ready.clone(),
                 pending: pending.clone(),
@@ -184,6 +193,16 @@ impl VmCache {
             self.metrics.vm_cache_stale_since.set(unix_seconds(oldest));
         }
         Some(began.elapsed())
+    }
+
+    /// Records that the cache holds the VirtualMachines' state as of
+    /// `version` (0: unknown), for `vm_cache_resource_version`: a list's
+    /// newest object once the list is complete, then each change.
+    fn applied(&self, version: i64) {
+        let newest = self.newest_version.fetch_max(version, Ordering::SeqCst);
+        if version > newest {
+            self.metrics.vm_cache_resource_version.set(version);
+        }
     }
 
     /// Whether every watch is live, so cache hits can be trusted.
@@ -312,6 +331,11 @@ struct ScopeWatch {
     scope: Option<String>,
     /// The current list's number (see the module docs).
     list: u16,
+    /// The newest resourceVersion the current list brought.
+    listed_version: i64,
+    /// How the next watcher lists: `--vm-list-mode`, until `auto` falls
+    /// back to pages.
+    mode: ListMode,
     /// The first list completed.
     synced: bool,
     ready: Arc<AtomicBool>,
@@ -329,14 +353,23 @@ impl Watched for ScopeWatch {
         match event {
             Event::Init => {
                 self.list = self.list.wrapping_add(1);
-                tracing::debug!(scope = ?scope, list = self.list, "VirtualMachine list started");
+                self.listed_version = 0;
+                tracing::debug!(scope = ?scope, list = self.list, mode = ?self.mode, "VirtualMachine list started");
             }
-            Event::InitApply(vm) | Event::Apply(vm) => {
+            Event::InitApply(vm) => {
+                self.listed_version = self.listed_version.max(resource_version(&vm));
                 if cache.upsert(&vm, self.list) {
                     cache.metrics.vm_cache_objects.inc();
                 }
             }
+            Event::Apply(vm) => {
+                if cache.upsert(&vm, self.list) {
+                    cache.metrics.vm_cache_objects.inc();
+                }
+                cache.applied(resource_version(&vm));
+            }
             Event::InitDone => {
+                cache.applied(self.listed_version);
                 let swept = cache.sweep(scope.as_deref(), self.list);
                 let count = cache.len();
                 cache.metrics.vm_cache_objects.set(count as i64);
@@ -344,7 +377,7 @@ impl Watched for ScopeWatch {
                 if self.synced {
                     tracing::info!(scope = ?scope, count, swept, stale_for = ?stale_for.unwrap_or_default(), "VirtualMachine cache live again; owners come from the cache");
                 } else {
-                    tracing::info!(scope = ?scope, count, swept, "VirtualMachine cache synced");
+                    tracing::info!(scope = ?scope, count, swept, mode = ?self.mode, "VirtualMachine cache synced");
                     self.synced = true;
                     if self.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
                         self.ready.store(true, Ordering::SeqCst);
@@ -356,12 +389,30 @@ impl Watched for ScopeWatch {
                 if cache.remove(&vm) {
                     cache.metrics.vm_cache_objects.dec();
                 }
+                cache.applied(resource_version(&vm));
             }
         }
     }
 
-    fn failed(&mut self, error: &str, repeated: bool) {
+    fn config(&mut self) -> watcher::Config {
+        self.mode.watcher_config()
+    }
+
+    fn failed(&mut self, error: &Failure, repeated: bool) {
         let scope = &self.scope;
+        if self.mode == ListMode::Auto {
+            match error {
+                Failure::Error(e) if list_mode::refuses_streaming(e) => {
+                    self.mode = ListMode::FALLBACK;
+                    tracing::warn!(error = %e, scope = ?scope, "the API server does not serve streaming lists; listing VirtualMachines in pages from now on");
+                }
+                Failure::ListCut => {
+                    self.mode = ListMode::FALLBACK;
+                    tracing::warn!(scope = ?scope, "the API server ended a streaming list of VirtualMachines before its end; listing them in pages from now on");
+                }
+                _ => {}
+            }
+        }
         if self.cache.stale(self.index) {
             tracing::warn!(error = %error, scope = ?scope, "VirtualMachine cache is stale: watching failed; VMI CREATEs read their owner from the API until the watch is live again");
         } else if !repeated {
@@ -434,6 +485,14 @@ impl VmSource for VmCache {
             }
         })
     }
+}
+
+/// A VM's `metadata.resourceVersion` as a number (etcd's revision; 0 when
+/// it is not one: the API promises only an opaque string).
+fn resource_version(vm: &LeanVm) -> i64 {
+    (vm.metadata.resource_version.as_deref())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Seconds since the Unix epoch.
