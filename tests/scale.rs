@@ -399,8 +399,13 @@ async fn run(n: u64, requests: usize, churn: usize, relist: bool) -> Run {
         let mut max_rss = 0;
         loop {
             max_rss = max_rss.max(rss(pid).0);
-            let relisted = fake.count(Some(Verb::List), Some(Res::Vm)) >= lists + out.pages
-                && fake.open_watches(Res::Vm) >= 1;
+            // A list began after the expiry (so after the cache went stale),
+            // and the cache says it is live again: that list completed. The
+            // default is one streaming list; pages are several lists.
+            let relisted = fake.count(Some(Verb::List), Some(Res::Vm)) > lists
+                && fake.open_watches(Res::Vm) >= 1
+                && metric(&http, &metrics, "kubevirt_reboot_webhook_vm_cache_stale").await
+                    == Some(0.0);
             if relisted {
                 break;
             }
