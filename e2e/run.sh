@@ -24,7 +24,7 @@ source "$E2E/controlplane.sh"
 # Every scenario, in the order they run (helm last: it replaces the
 # kustomize install; audit reads what all wrote). A name in E2E_SCENARIOS
 # that is none of these is refused before anything is built or started.
-E2E_ALL_SCENARIOS="watches dryrun stamp race reinvocation gate ratchet compat failure_policy blast_radius pod_security rotation pod_loss mtls cert_manager latency helm helm_cert_manager audit"
+E2E_ALL_SCENARIOS="watches dryrun stamp race reinvocation gate ratchet compat failure_policy blast_radius pod_security rotation pod_loss mtls cert_manager latency fleet helm helm_cert_manager audit"
 for s in ${E2E_SCENARIOS:-}; do
   [[ " $E2E_ALL_SCENARIOS " == *" $s "* ]] ||
     die "E2E_SCENARIOS: no scenario named '$s'; the scenarios are: $E2E_ALL_SCENARIOS"

@@ -856,6 +856,120 @@ scenario_blast_radius() {
 }
 
 # ---------------------------------------------------------------------------
+# The fleet's short form (make bench-fleet is the full one): E2E_FLEET_VMS
+# (10,000) realistic VMs in 10 namespaces, then the webhook's Pods restarted
+# (an initial sync each) and the API server restarted (a relist each). The
+# audit log says how they read the VMs: every read of the whole collection
+# must be a streaming list (a watch with sendInitialEvents=true) or a page
+# (limit=), never an unpaginated list, which the API server builds in its
+# memory at once for every replica. Each replica's peak memory stays under
+# half its limit. E2E_FLEET_UNPAGINATED=1 also runs the webhook with
+# --vm-list-mode=unpaginated and requires the check to catch it. The fleet
+# stays for the scenarios after this one (its VMs carry virt-controller's
+# finalizer, which nothing here removes): the chart is installed into a
+# cluster of 11,000 VMs.
+scenario_fleet() {
+  gate_spec "{\"featureGates\":[\"$GATE\"]}"
+  local n=${E2E_FLEET_VMS:-10000} out t0 mark api replicas vm_live
+  replicas=$(cat "$W/shipped-replicas.$WH_NS")
+  out=$("$E2EHELPER" fleet-vms -kubeconfig "$W/admin.kubeconfig" -count "$n" -namespaces 10)
+  expect_contains "$out" '"failed":0' "creating $n VMs"
+  log "  $n VMs created: $out; etcd holds $(etcd_db_mib) MiB"
+
+  api=$(pid_of kube-apiserver)
+  mark=$(audit_mark)
+  echo 5 >"/proc/$api/clear_refs"   # the API server's VmHWM from here on
+  local rss0; rss0=$(proc_kib "$api" VmRSS)
+  t0=$SECONDS
+  restart_webhook
+  log "  the webhook's $replicas Pods restarted and ready in $((SECONDS - t0)) s with $(metric_each "${M}_vm_cache_objects" | tr '\n' ' ')VMs cached;" \
+    "the API server's peak RSS grew by $((($(proc_kib "$api" VmHWM) - rss0) / 1024)) MiB"
+  expect_memory_under_limit "after syncing $n VMs"
+  expect_vm_reads "$mark" "$replicas" "the webhook's initial syncs"
+
+  log "  kube-apiserver restarted: every replica relists"
+  vm_live=$(webhook_logs | grep -c 'VirtualMachine cache live again' || true)
+  mark=$(audit_mark)
+  stop kube-apiserver
+  t0=$SECONDS
+  start_apiserver
+  wait_until 120 "the VM caches to be live again after the restart" \
+    more_log_lines "$((vm_live + replicas - 1))" 'VirtualMachine cache live again'
+  wait_until 60 "the webhook's Pods ready again" endpoints_match_pods
+  log "  the VM caches were live again $((SECONDS - t0)) s after the API server started"
+  expect_memory_under_limit "after the relist"
+  expect_vm_reads "$mark" "$replicas" "the webhook's relists"
+
+  if [ -n "${E2E_FLEET_UNPAGINATED:-}" ]; then
+    mark=$(audit_mark)
+    restart_webhook --vm-list-mode=unpaginated
+    wait_until 30 "the unpaginated webhook's lists in the audit log" vm_reads count "$mark" "$replicas"
+    vm_reads check "$mark" "$replicas" "the webhook with --vm-list-mode=unpaginated" >&2 &&
+      die "the check passed a webhook that lists VirtualMachines unpaginated"
+    log "  the check caught --vm-list-mode=unpaginated (above)"
+    report_memory "with --vm-list-mode=unpaginated"
+    restart_webhook
+  fi
+}
+# audit_mark: where the audit log stands now, as LINES@TIME (the requests
+# vm_reads counts are those received after it).
+audit_mark() { echo "$(wc -l <"$W/audit.log")@$(date -u +%Y-%m-%dT%H:%M:%S.%6NZ)"; }
+proc_kib() { awk -v f="$2:" '$1 == f { print $2 }' "/proc/$1/status"; }
+etcd_db_mib() { etcd_call /v3/maintenance/status '{}' | python3 -c 'import json,sys; print(round(int(json.load(sys.stdin)["dbSize"]) / 1048576, 1))'; }
+
+# expect_vm_reads MARK REPLICAS WHAT: in the audit log after MARK, the
+# webhook's ServiceAccount read the collection of VirtualMachines at least
+# REPLICAS times (waits a while: a watch is logged when its response
+# starts), and only by streaming lists or pages.
+expect_vm_reads() {
+  wait_until 30 "$3: the VirtualMachine lists in the audit log" vm_reads count "$1" "$2"
+  vm_reads check "$@" >&2
+}
+# vm_reads count|check MARK REPLICAS [WHAT]: count succeeds once there are
+# REPLICAS reads of the collection; check prints them by kind and fails on
+# an unpaginated one.
+vm_reads() {
+  python3 - "$W/audit.log" "system:serviceaccount:$WH_NS:" "$@" <<'PY'
+import json, sys
+from urllib.parse import urlsplit, parse_qs
+path, user, mode, mark, replicas = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
+what = sys.argv[6] if len(sys.argv) > 6 else ""
+mark_line, mark_time = mark.split("@")
+seen, refused = set(), 0
+kinds = {"streaming list": 0, "page": 0, "unpaginated list": 0, "resumed watch": 0}
+plural = {"streaming list": "streaming lists", "page": "pages", "unpaginated list": "unpaginated lists", "resumed watch": "resumed watches"}
+with open(path) as f:
+    for i, line in enumerate(f):
+        if i < int(mark_line) or not line.strip():
+            continue
+        e = json.loads(line)
+        o = e.get("objectRef") or {}
+        if o.get("resource") != "virtualmachines" or o.get("name") or e["auditID"] in seen:
+            continue
+        # Both RFC 3339 in UTC with microseconds: they sort as strings.
+        if e["requestReceivedTimestamp"] < mark_time or not (e.get("user") or {}).get("username", "").startswith(user):
+            continue
+        seen.add(e["auditID"])
+        q = parse_qs(urlsplit(e["requestURI"]).query)
+        if (e.get("responseStatus") or {}).get("code", 200) >= 400 and e["verb"] != "list":
+            refused += 1   # e.g. 429 while a restarted API server's storage initializes
+        elif e["verb"] == "watch":
+            kinds["streaming list" if q.get("sendInitialEvents") == ["true"] else "resumed watch"] += 1
+        elif e["verb"] == "list":
+            kinds["page" if "limit" in q else "unpaginated list"] += 1
+lists = kinds["streaming list"] + kinds["page"] + kinds["unpaginated list"]
+if mode == "count":
+    sys.exit(0 if lists >= replicas else 1)
+print(f"  {what}: " + ", ".join(f"{v} {k if v == 1 else plural[k]}" for k, v in kinds.items())
+      + f" of VirtualMachines, {refused} watch{'es' if refused != 1 else ''} refused (audit log)")
+if kinds["unpaginated list"]:
+    sys.exit(f"{what}: {kinds['unpaginated list']} unpaginated list(s) of VirtualMachines")
+if lists < replicas:
+    sys.exit(f"{what}: {lists} reads of the VirtualMachines, expected one per replica ({replicas})")
+PY
+}
+
+# ---------------------------------------------------------------------------
 # The Helm chart on the real API server and node: install into a fresh
 # namespace (refused while no CA is known), `helm install --wait` until the
 # Pods serve, the core scenarios, a rolling update (`helm upgrade` that
