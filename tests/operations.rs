@@ -968,9 +968,13 @@ async fn text_logs_carry_no_colour_codes_into_a_pipe() {
 
 /// Over one HTTP/2 connection, bodies waiting for the byte budget must not
 /// take the flow-control window the admitted body needs. The client sends
-/// the waiting streams' data first, as the API server's Go client may: with
-/// hyper's default 1 MiB windows, two waiting 600 KB bodies filled the
-/// connection window and the admitted review stalled until every deadline.
+/// the waiting streams' data first, as the API server's Go client may. With
+/// hyper's default windows (1 MiB for a stream and for the connection) the
+/// five waiting 600 KB bodies absorb the connection window and the
+/// admitted review stalls until its deadline (408): seen failing that way
+/// on 2026-12-04 with the window settings of `src/server/listener.rs`
+/// removed. Two waiting bodies were not enough: the h2 client shares the
+/// window among the streams, and the admitted one still got through.
 #[tokio::test]
 async fn waiting_http2_bodies_do_not_stall_the_admitted_one() {
     let mut big = sample_review();
@@ -983,10 +987,10 @@ async fn waiting_http2_bodies_do_not_stall_the_admitted_one() {
     let tls = raw_tls_alpn(server.addr, &server.certs.ca_pem, b"h2").await;
     let (client, conn) = h2::client::handshake(tls).await.unwrap();
     tokio::spawn(conn);
-    // Three reviews: the first one's headers arrive first, so it is the one
-    // admitted; the other two wait for the budget.
+    // Six reviews: the first one's headers arrive first, so it is the one
+    // admitted; the other five wait for the budget.
     let mut streams = Vec::new();
-    for i in 0..3 {
+    for i in 0..6 {
         let mut client = client.clone().ready().await.unwrap();
         let req = hyper::Request::post("/validate?timeout=10s")
             .header("content-type", "application/json")
