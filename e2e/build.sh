@@ -10,7 +10,8 @@
 # NOOP_IMAGE, NOOP_ARCHIVE and K8S_VERSION.
 #
 # KRW_BUILD_NODE=0 (make bench-fleet) builds only the control plane and the
-# helper: no node binaries, no pause or no-op images.
+# helper: no node binaries, no pause or no-op images. E2E_CONTAINERD=module
+# also builds containerd 2.x for the node (below).
 #
 # Binaries are cached outside git, keyed by version:
 #   ${KRW_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kubevirt-reboot-webhook}/k8s-vX.Y.Z/
@@ -121,6 +122,28 @@ if [ "${KRW_BUILD_NODE:-1}" != 0 ] && [ ! -s "$PAUSE_ARCHIVE" ]; then
   gcc -Os -Wall -Werror -static -DVERSION=v3.10.1-krw-e2e -o "$bin_dir/pause" "$k8s_src/build/pause/linux/pause.c"
   IMAGE_USER=65535:65535 IMAGE_ENTRYPOINT=/pause IMAGE_CMD= IMAGE_PORTS= IMAGE_DEBS= \
     bash "$e2e_tools/../../image/build.sh" "$bin_dir/pause" "$PAUSE_ARCHIVE" "$PAUSE_IMAGE" 2>/dev/null
+fi
+
+# E2E_CONTAINERD=module: the node's containerd, its runc shim and ctr are
+# containerd 2.x, built from the Go module pinned in e2e/containerd (cached
+# like the rest) and put first on PATH, instead of Debian's containerd 1.6.
+if [ "${KRW_BUILD_NODE:-1}" != 0 ] && [ "${E2E_CONTAINERD:-debian}" = module ]; then
+  containerd_mod=$(cd "$e2e_tools/../containerd" && pwd)
+  containerd_version=$(awk '$1 == "require" && $2 == "github.com/containerd/containerd/v2" { print $3 }' "$containerd_mod/go.mod")
+  containerd_dir=$cache_root/containerd-$containerd_version
+  if [ ! -x "$containerd_dir/containerd" ] || [ ! -x "$containerd_dir/containerd-shim-runc-v2" ] || [ ! -x "$containerd_dir/ctr" ]; then
+    log "building containerd $containerd_version, its runc shim and ctr (E2E_CONTAINERD=module)"
+    started=$SECONDS
+    # As containerd's Makefile builds them: the snapshotters this node does
+    # not use left out, the version stamped.
+    (cd "$containerd_mod" && go build -trimpath -tags "no_btrfs no_devmapper no_zfs" \
+      -ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=$containerd_version" \
+      -o "$containerd_dir/" github.com/containerd/containerd/v2/cmd/containerd \
+      github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 github.com/containerd/containerd/v2/cmd/ctr) >&2
+    log "built in $((SECONDS - started)) s into $containerd_dir"
+  fi
+  PATH=$containerd_dir:$PATH
+  export PATH
 fi
 
 KUBE_APISERVER=$bin_dir/kube-apiserver

@@ -23,7 +23,8 @@ N=$W/node
 CONTAINERD_SOCK=$N/containerd.sock
 KUBELET_SYSCTLS=(vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys kernel.keys.root_maxbytes)
 
-ctr_() { ctr --address "$CONTAINERD_SOCK" --namespace k8s.io "$@"; }
+# (containerd 2.x's ctr warns on every call that cgroup v1 is deprecated.)
+ctr_() { ctr --address "$CONTAINERD_SOCK" --namespace k8s.io "$@" 2> >(grep -v 'support for cgroup v1 is deprecated' >&2); }
 
 # node_pki: client certificates of the node's components, the kubelet's
 # serving certificate, and their kubeconfigs.
@@ -67,9 +68,10 @@ node_mounts() {
   done
 }
 
-start_containerd() {
-  mkdir -p "$N/containerd" "$N/cni/net.d"
-  cat >"$N/containerd.toml" <<TOML
+# containerd's configuration: version 2 for containerd 1.x (Debian's),
+# version 3 for containerd 2.x (E2E_CONTAINERD=module), the same settings.
+containerd_config_v2() {
+  cat <<TOML
 version = 2
 root = "$N/containerd/root"
 state = "$N/containerd/state"
@@ -96,6 +98,47 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
     bin_dir = "$CNI_BIN_DIR"
     conf_dir = "$N/cni/net.d"
 TOML
+}
+containerd_config_v3() {
+  cat <<TOML
+version = 3
+root = "$N/containerd/root"
+state = "$N/containerd/state"
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.blockfile", "io.containerd.snapshotter.v1.erofs"]
+[grpc]
+  address = "$CONTAINERD_SOCK"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "$N/containerd/opt"
+[plugins."io.containerd.cri.v1.images"]
+  snapshotter = "overlayfs"
+  [plugins."io.containerd.cri.v1.images".pinned_images]
+    sandbox = "$PAUSE_IMAGE"
+[plugins."io.containerd.cri.v1.runtime"]
+  # As above: processes here cannot lower oom_score_adj.
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.cri.v1.runtime".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.cri.v1.runtime".cni]
+    bin_dirs = ["$CNI_BIN_DIR"]
+    conf_dir = "$N/cni/net.d"
+[plugins."io.containerd.grpc.v1.cri"]
+  stream_server_address = "127.0.0.1"
+TOML
+}
+
+start_containerd() {
+  mkdir -p "$N/containerd" "$N/cni/net.d"
+  if [ "$(containerd --version | awk '{ sub(/^v/, "", $3); split($3, v, "."); print v[1] }')" -ge 2 ]; then
+    containerd_config_v3 >"$N/containerd.toml"
+  else
+    containerd_config_v2 >"$N/containerd.toml"
+  fi
   cat >"$N/cni/net.d/10-krw-e2e.conflist" <<CNI
 {
   "cniVersion": "1.0.0",

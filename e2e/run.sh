@@ -14,7 +14,8 @@
 #
 # E2E_SCENARIOS="gate compat" runs only those scenarios (setup always runs;
 # an unknown name is refused);
-# E2E_KEEP=1 keeps the work directory.
+# E2E_KEEP=1 keeps the work directory; E2E_CONTAINERD=module runs the node on
+# containerd 2.x built from e2e/containerd instead of the machine's.
 set -euo pipefail
 E2E=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$E2E")
@@ -34,7 +35,13 @@ done
 
 if [ -z "${KRW_E2E_INSIDE:-}" ]; then
   [ "$(id -u)" = 0 ] || die "make e2e needs root (network namespaces)"
-  for tool in go gcc openssl curl python3 ip unshare containerd containerd-shim-runc-v2 ctr runc iptables umoci; do
+  case ${E2E_CONTAINERD:=debian} in
+    debian) node_tools="containerd containerd-shim-runc-v2 ctr" ;;
+    module) node_tools= ;;   # built by e2e/build.sh
+    *) die "E2E_CONTAINERD=$E2E_CONTAINERD: debian (the machine's containerd) or module (containerd 2.x from e2e/containerd)" ;;
+  esac
+  export E2E_CONTAINERD
+  for tool in go gcc openssl curl python3 ip unshare $node_tools runc iptables umoci; do
     command -v "$tool" >/dev/null || die "make e2e needs $tool (.ci/run installs what is missing)"
   done
   [ -x "$CNI_BIN_DIR/bridge" ] || die "make e2e needs the CNI plugins in $CNI_BIN_DIR (Debian: containernetworking-plugins)"
@@ -240,4 +247,5 @@ source "$E2E/scenarios.sh"
 for s in $E2E_ALL_SCENARIOS; do
   scenario "$s"
 done
+log "containerd $(containerd --version | awk '{ print $3 }'): peak RSS $(awk '/^VmHWM/ { print int($2 / 1024) }' "/proc/$(pid_of containerd)/status") MiB, CPU $(awk -v hz="$(getconf CLK_TCK)" '{ printf "%.1f", ($14 + $15) / hz }' "/proc/$(pid_of containerd)/stat") s"
 echo "e2e: $passed passed, 0 failed"
