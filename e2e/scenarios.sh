@@ -605,8 +605,9 @@ PY
 # ---------------------------------------------------------------------------
 # A replica's Pod is evicted, as a node drain does, while VMI creates stream
 # in: the PodDisruptionBudget refuses a second eviction until the
-# replacement is ready, the evicted Pod turns unready and drains, and no
-# create fails. Peak memory under the stream stays well under the limit.
+# replacement is ready, the evicted Pod turns unready and drains; then the
+# other Pod is deleted outright. No create fails. Peak memory under the
+# stream stays well under the limit.
 scenario_pod_loss() {
   gate_spec "{\"featureGates\":[\"$GATE\"]}"
   expect_gate on >/dev/null
@@ -623,8 +624,14 @@ scenario_pod_loss() {
   local t0=$SECONDS
   wait_until 120 "${pods[0]} gone and its replacement ready" pod_replaced "${pods[0]}"
   log "  ${pods[0]} replaced in $((SECONDS - t0)) s; the second eviction was refused by the PodDisruptionBudget"
+  # Then the other Pod deleted outright (kubectl delete pod, or a drain that
+  # does not evict): no budget is asked, the Pod gets the same SIGTERM.
+  t0=$SECONDS
+  k -n "$WH_NS" delete pod "${pods[1]}" --wait=false >/dev/null
+  wait_until 120 "${pods[1]} gone and its replacement ready" pod_replaced "${pods[1]}"
+  log "  ${pods[1]} deleted and replaced in $((SECONDS - t0)) s"
   sleep 3
-  expect_clean_stream "$(stop_stream loss)" "VMI creates while a Pod was evicted"
+  expect_clean_stream "$(stop_stream loss)" "VMI creates while a Pod was evicted and the other deleted"
   expect_memory_under_limit "under the stream"
 }
 evict() {
@@ -864,7 +871,7 @@ scenario_blast_radius() {
 # (limit=), never an unpaginated list, which the API server builds in its
 # memory at once for every replica. Each replica's peak memory stays under
 # half its limit. E2E_FLEET_UNPAGINATED=1 also runs the webhook with
-# --vm-list-mode=unpaginated and requires the check to catch it. The fleet
+# --vm-list-mode=unpaginated and requires both checks to catch it. The fleet
 # stays for the scenarios after this one (its VMs carry virt-controller's
 # finalizer, which nothing here removes): the chart is installed into a
 # cluster of 11,000 VMs.
@@ -907,7 +914,12 @@ scenario_fleet() {
     vm_reads check "$mark" "$replicas" "the webhook with --vm-list-mode=unpaginated" >&2 &&
       die "the check passed a webhook that lists VirtualMachines unpaginated"
     log "  the check caught --vm-list-mode=unpaginated (above)"
-    report_memory "with --vm-list-mode=unpaginated"
+    # The memory check must catch it too: the unpaginated list is held whole.
+    if out=$(report_memory "with --vm-list-mode=unpaginated" check 2>&1); then
+      printf '%s\n' "$out" >&2
+      die "the memory check passed a webhook that lists VirtualMachines unpaginated"
+    fi
+    printf '%s\n' "$out" | sed 's/ FAIL: / caught, as it must be: /' >&2
     restart_webhook
   fi
 }
