@@ -33,7 +33,9 @@ etcd_compact() {
 # (all addresses) over that etcd, its serving certificate and client CA from
 # $P, ServiceAccount keys, Services from 198.19.0.0/24; waits for /readyz.
 start_kube_apiserver() {
-  local name=$1 port=$2; shift 2
+  local name=$1 port=$2 profiling=false; shift 2
+  # /debug/pprof only for E2E_LATENCY_PROFILE (scenario latency's profiles).
+  [ -z "${E2E_LATENCY_PROFILE:-}" ] || profiling=true
   start_bg "$name" "$KUBE_APISERVER" \
     --bind-address=0.0.0.0 --secure-port="$port" --advertise-address="$CP_IP" \
     --etcd-servers=https://127.0.0.1:2379 --etcd-cafile="$P/etcd-ca.crt" \
@@ -41,7 +43,7 @@ start_kube_apiserver() {
     --tls-cert-file="$P/apiserver.crt" --tls-private-key-file="$P/apiserver.key" --client-ca-file="$P/ca.crt" \
     --service-account-issuer=https://kubernetes.default.svc --service-account-key-file="$P/sa.pub" \
     --service-account-signing-key-file="$P/sa.key" --api-audiences=https://kubernetes.default.svc \
-    --service-cluster-ip-range=198.19.0.0/24 --profiling=false --v=1 "$@"
+    --service-cluster-ip-range=198.19.0.0/24 --profiling="$profiling" --v=1 "$@"
   wait_until 90 "$name ready" curl -fsS --max-time 2 --cacert "$P/ca.crt" --cert "$P/admin.crt" --key "$P/admin.key" \
     "https://127.0.0.1:$port/readyz"
 }

@@ -720,22 +720,37 @@ pods_serve_secret() {
 # and the API server used, and (ours) the webhook's own handling time.
 LAT_ROUNDS=${E2E_LATENCY_ROUNDS:-8}
 apiserver_latency_metrics() {
-  k get --raw /metrics | grep -E '^apiserver_admission_webhook_admission_duration_seconds_(sum|count|bucket)\{.*name="(mutate|validate)\.reboot|^apiserver_admission_step_admission_duration_seconds_(sum|count)\{.*operation="CREATE"|^apiserver_request_duration_seconds_(sum|count|bucket)\{.*resource="virtualmachineinstances".*verb="POST"|^apiserver_admission_webhook_request_total\{.*name="(mutate|validate)\.reboot' || true
+  k get --raw /metrics | grep -E '^apiserver_admission_webhook_admission_duration_seconds_(sum|count|bucket)\{.*name="(mutate|validate)\.reboot|^apiserver_admission_step_admission_duration_seconds_(sum|count)\{.*operation="CREATE"|^apiserver_request_duration_seconds_(sum|count|bucket)\{.*resource="virtualmachineinstances".*verb="POST"|^apiserver_admission_webhook_request_total\{.*name="(mutate|validate)\.reboot|^etcd_request_duration_seconds_(sum|count|bucket)\{.*operation="create".*virtualmachineinstances' || true
 }
 # cpu_ticks NAME: utime+stime of a process started with start_bg.
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$(pid_of "$1")/stat" 2>/dev/null || echo 0; }
+# arm_pids ARM: the host PIDs of the containers serving that arm (none for none).
+arm_pids() {
+  case $1 in
+    floor) WH_SELECTOR=app.kubernetes.io/name=kubevirt-reboot-webhook-noop webhook_container_pids ;;
+    ours) webhook_container_pids ;;
+  esac
+}
 # arm_ticks ARM: utime+stime of the Pods serving that arm (0 for none).
 arm_ticks() {
-  local selector pid sum=0
-  case $1 in
-    floor) selector=app.kubernetes.io/name=kubevirt-reboot-webhook-noop ;;
-    ours) selector=$WH_SELECTOR ;;
-    *) echo 0; return ;;
-  esac
-  for pid in $(WH_SELECTOR=$selector webhook_container_pids); do
+  local pid sum=0
+  for pid in $(arm_pids "$1"); do
     sum=$((sum + $(awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null || echo 0)))
   done
   echo "$sum"
+}
+# arm_throttled ARM: "PERIODS NANOSECONDS" the arm's containers were held
+# back by their CPU limit (the CFS quota's nr_throttled and throttled_time),
+# summed over its Pods.
+arm_throttled() {
+  local pid f periods=0 ns=0
+  for pid in $(arm_pids "$1"); do
+    f=$(cgroup_file "$pid" cpu cpu.stat)
+    [ -r "$f" ] || continue
+    periods=$((periods + $(awk '$1 == "nr_throttled" { print $2 }' "$f")))
+    ns=$((ns + $(awk '$1 == "throttled_time" { print $2 }' "$f")))
+  done
+  echo "$periods $ns"
 }
 webhooks_on() { install_manifests "$ROOT/manifests"; wait_until 15 "webhooks effective" vmi_is_stamped; }
 webhooks_off() {
@@ -806,7 +821,7 @@ scenario_latency() {
   expect_gate on >/dev/null
   vm e2e lat-owner BootOnce | k create -f - >/dev/null
   floor_install
-  local round arm out i arms=(none floor ours) t0 a0 w0 stamped
+  local round arm out i arms=(none floor ours) t0 a0 w0 th0 pp stamped
   local lat=("$E2EHELPER" latency -kubeconfig "$W/admin.kubeconfig" -n e2e -owner lat-owner -count 100 -warmup 5)
   local L=$W/latency
   rm -rf "$L"; mkdir -p "$L"
@@ -816,9 +831,12 @@ scenario_latency() {
       latency_arm "$arm"
       apiserver_latency_metrics >"$L/$arm-$round.before"
       [ "$arm" = ours ] && webhook_metrics_sum >"$L/$arm-$round.wh-before"
-      t0=$(date +%s.%N) a0=$(cpu_ticks kube-apiserver) w0=$(arm_ticks "$arm")
+      t0=$(date +%s.%N) a0=$(cpu_ticks kube-apiserver) w0=$(arm_ticks "$arm") th0=$(arm_throttled "$arm")
+      [ -z "${E2E_LATENCY_PROFILE:-}" ] || { k get --raw "/debug/pprof/profile?seconds=2" >"$L/$arm-$round.pprof" & pp=$!; }
       out=$("${lat[@]}" -prefix "lat-$arm-$round" -samples "$L/$arm.ms")
+      [ -z "${E2E_LATENCY_PROFILE:-}" ] || wait "$pp" || die "the API server's CPU profile, arm $arm (round $round)"
       echo "$(date +%s.%N) $t0 $(cpu_ticks kube-apiserver) $a0 $(arm_ticks "$arm") $w0" >>"$L/$arm.cpu"
+      echo "$(arm_throttled "$arm") $th0" >>"$L/$arm.throttle"
       apiserver_latency_metrics >"$L/$arm-$round.after"
       [ "$arm" = ours ] && webhook_metrics_sum >"$L/$arm-$round.wh-after"
       stamped='"stamped":100'; [ "$arm" = none ] && stamped='"stamped":0'
@@ -829,6 +847,7 @@ scenario_latency() {
   k -n "$WH_NS" delete deployment,service kubevirt-reboot-webhook-noop >/dev/null
   python3 "$E2E/latency_report.py" "$L" "$LAT_ROUNDS" "${E2E_LATENCY_RATIO:-1.25}" "$(getconf CLK_TCK)" "$W/audit.log" \
     | tee "$W/latency.txt" >&2
+  [ -z "${E2E_LATENCY_PROFILE:-}" ] || log "  the API server's CPU profiles, 2 s from each round's start: $L/ARM-ROUND.pprof, kept with E2E_KEEP=1 (go tool pprof -top $L/ours-*.pprof)"
 }
 
 # ---------------------------------------------------------------------------
