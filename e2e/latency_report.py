@@ -106,11 +106,13 @@ print((f"  ratio of added means, ours / floor: {ratio:.2f}" if ratio != float("i
       + (f" (per round: median {statistics.median(paired):.2f}, {min(paired):.2f} to {max(paired):.2f})" if paired else ""))
 
 
+by_round = {a: [ms[a][i * PER_ROUND:(i + 1) * PER_ROUND] for i in range(rounds)] for a in ("floor", "ours")}
+
+
 def tail_interval(p, draws=1000):
     """90 % interval of ours' minus the floor's percentile p, whole rounds
     resampled (as for the verdict below): how far apart two tails can be by
     this run's noise alone."""
-    by_round = {a: [ms[a][i * PER_ROUND:(i + 1) * PER_ROUND] for i in range(rounds)] for a in ("floor", "ours")}
     rng_t = random.Random(90)
     out = []
     for _ in range(draws):
@@ -170,13 +172,10 @@ print("  " + f"{'CPU per create, webhook process':<30} " + " ".join(f"{'-':>16}"
 throttle = {}
 for a in ("floor", "ours"):
     periods = ns = 0
-    try:
-        for line in open(f"{d}/{a}.throttle"):
-            p1, n1, p0, n0 = (int(x) for x in line.split())
-            periods, ns = periods + p1 - p0, ns + n1 - n0
-        throttle[a] = f"{periods} / {ns / 1e6:.1f} ms"
-    except FileNotFoundError:
-        throttle[a] = "-"
+    for line in open(f"{d}/{a}.throttle"):
+        p1, n1, p0, n0 = (int(x) for x in line.split())
+        periods, ns = periods + p1 - p0, ns + n1 - n0
+    throttle[a] = f"{periods} / {ns / 1e6:.1f} ms"
 print("  " + f"{'CPU limit throttling, Pods':<30} " + " ".join(f"{'-' if a == 'none' else throttle[a]:>16}" for a in ARMS))
 wh = delta("ours", "wh-before", "wh-after")
 for ep in ("mutate", "validate"):

@@ -743,14 +743,9 @@ arm_ticks() {
 # back by their CPU limit (the CFS quota's nr_throttled and throttled_time),
 # summed over its Pods.
 arm_throttled() {
-  local pid f periods=0 ns=0
-  for pid in $(arm_pids "$1"); do
-    f=$(cgroup_file "$pid" cpu cpu.stat)
-    [ -r "$f" ] || continue
-    periods=$((periods + $(awk '$1 == "nr_throttled" { print $2 }' "$f")))
-    ns=$((ns + $(awk '$1 == "throttled_time" { print $2 }' "$f")))
-  done
-  echo "$periods $ns"
+  local pid
+  for pid in $(arm_pids "$1"); do cat "$(cgroup_file "$pid" cpu cpu.stat)" 2>/dev/null; done |
+    awk '$1 == "nr_throttled" { p += $2 } $1 == "throttled_time" { t += $2 } END { printf "%.0f %.0f\n", p, t }'
 }
 webhooks_on() { install_manifests "$ROOT/manifests"; wait_until 15 "webhooks effective" vmi_is_stamped; }
 webhooks_off() {
